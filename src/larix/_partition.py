@@ -1,0 +1,221 @@
+"""The tree strategy: filter, n-way partition and combine on full-structure trees."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax.tree_util as jtu
+
+from ._filters import Filter, is_array, is_inexact_array
+from ._paths import dotted_path, python_path, structure_mismatch
+
+__all__ = ["combine", "filter", "leaf_owners", "partition"]
+
+_ARRAY_TYPE_CACHE: dict[type, bool] = {}
+
+
+def _array_type(t: type, leaf: Any) -> bool:
+    # is_array depends on the leaf's type alone: cache it per type. With 100k static leaves
+    # this halves partition's time (benchmarks: partition, N = 100k).
+    known = _ARRAY_TYPE_CACHE.get(t)
+    if known is None:
+        known = _ARRAY_TYPE_CACHE[t] = is_array(leaf)
+    return known
+
+
+def _mask(spec: Any, leaves: Sequence[Any], paths: Sequence[str] | None, where: Callable[[int], str]) -> list[bool]:
+    """Evaluate one filter-spec leaf on `leaves`."""
+    if isinstance(spec, bool):
+        return [spec] * len(leaves)
+    if spec is is_array:
+        return [_array_type(type(x), x) for x in leaves]
+    if spec is is_inexact_array:
+        return [_array_type(type(x), x) and is_inexact_array(x) for x in leaves]
+    if isinstance(spec, Filter) and spec.uses_path:
+        assert paths is not None  # computed whenever a spec uses paths
+        return [bool(spec.match(p, x)) for p, x in zip(paths, leaves)]
+    if callable(spec):
+        return [bool(spec(x)) for x in leaves]
+    raise ValueError(
+        f"Invalid filter spec at {where(0)}: {spec!r}. A filter spec consists of bools and "
+        "callables `leaf -> bool` (or a pytree prefix of the tree with those as leaves)."
+    )
+
+
+def _uses_path(spec: Any) -> bool:
+    return any(isinstance(s, Filter) and s.uses_path for s in jtu.tree_leaves(spec))
+
+
+def leaf_owners(
+    tree: Any, leaves: list[Any], filter_specs: Sequence[Any], is_leaf: Callable[[Any], bool] | None
+) -> list[int]:
+    """For each leaf of `tree`, the index of the first spec that selects it (else `len(specs)`).
+
+    `leaves` must be `jax.tree_util.tree_leaves(tree, is_leaf)`. Shared by the tree and the
+    dict strategy, so that both assign leaves to parts in exactly the same way.
+    """
+    n = len(leaves)
+    paths = None
+    if any(_uses_path(s) for s in filter_specs):
+        paths = [dotted_path(p) for p, _ in jtu.tree_flatten_with_path(tree, is_leaf)[0]]
+    owners = [len(filter_specs)] * n
+    unassigned = list(range(n))
+    for i, spec in enumerate(filter_specs):
+        if not unassigned:
+            break
+        spec_leaves, spec_def = jtu.tree_flatten(spec)
+        if spec_def.num_leaves == 1 and spec_def.num_nodes == 1:
+            # The common case: one bool or callable for the whole tree.
+            sub_leaves = [leaves[j] for j in unassigned] if len(unassigned) < n else leaves
+            sub_paths = None if paths is None else [paths[j] for j in unassigned]
+            mask = _mask(spec, sub_leaves, sub_paths, lambda _: "the root of the filter spec")
+        else:
+            per_leaf = _broadcast_prefix(spec, spec_leaves, spec_def, tree, is_leaf, i)
+            mask = []
+            for j in unassigned:
+                spec_leaf, spec_path = per_leaf[j]
+                leaf_paths = None if paths is None else [paths[j]]
+                mask.extend(_mask(spec_leaf, [leaves[j]], leaf_paths, lambda _, p=spec_path: p))
+        remaining = []
+        for j, selected in zip(unassigned, mask):
+            if selected:
+                owners[j] = i
+            else:
+                remaining.append(j)
+        unassigned = remaining
+    return owners
+
+
+def _broadcast_prefix(spec: Any, spec_leaves: list[Any], spec_def: Any, tree: Any, is_leaf: Any, index: int) -> list[tuple[Any, str]]:
+    """The spec leaf (and its path, for errors) that applies to each leaf of `tree`."""
+    try:
+        subtrees = spec_def.flatten_up_to(tree)
+    except (ValueError, TypeError):
+        found = structure_mismatch(spec, tree, prefix=True)
+        where, why = found if found is not None else ((), "the structures differ")
+        raise ValueError(
+            f"Filter spec {index} is not a pytree prefix of the tree: at "
+            f"{python_path(where)} it has {why}. A filter spec must either be a single bool "
+            "or callable, or mirror the tree's structure down to the level where it applies."
+        ) from None
+    spec_paths = [python_path(p, "filter_spec") for p, _ in jtu.tree_flatten_with_path(spec)[0]]
+    per_leaf: list[tuple[Any, str]] = []
+    for s, sub, where in zip(spec_leaves, subtrees, spec_paths):
+        per_leaf.extend([(s, where)] * len(jtu.tree_leaves(sub, is_leaf)))
+    return per_leaf
+
+
+def filter(  # noqa: A001 - Equinox's name
+    pytree: Any,
+    filter_spec: Any,
+    inverse: bool = False,
+    replace: Any = None,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> Any:
+    """Keep the leaves selected by `filter_spec` and replace the others with `replace`.
+
+    **Arguments:**
+
+    - `pytree`: any pytree.
+    - `filter_spec`: a filter spec (see [Filters](filters.md)).
+    - `inverse`: keep the leaves that are *not* selected instead.
+    - `replace`: what to put in place of the removed leaves.
+    - `is_leaf`: as in `jax.tree_util.tree_flatten`.
+
+    **Returns:** a pytree of the same structure as `pytree`.
+
+    !!! example
+        ```python
+        >>> import jax.numpy as jnp, larix
+        >>> larix.filter([1, jnp.ones(2)], larix.is_array)
+        [None, Array([1., 1.], dtype=float32)]
+
+        ```
+    """
+    leaves, treedef = jtu.tree_flatten(pytree, is_leaf)
+    owners = leaf_owners(pytree, leaves, (filter_spec,), is_leaf)
+    keep = 1 if inverse else 0
+    return treedef.unflatten([x if o == keep else replace for x, o in zip(leaves, owners)])
+
+
+def partition(
+    pytree: Any,
+    *filter_specs: Any,
+    replace: Any = None,
+    is_leaf: Callable[[Any], bool] | None = None,
+) -> tuple[Any, ...]:
+    """Split `pytree` into `len(filter_specs) + 1` trees of the same structure.
+
+    Each leaf goes to the part of the **first** spec that selects it; the last part takes
+    the leaves that no spec selects. All other positions hold `replace`. With one spec this
+    is Equinox's two-way `partition`. [`larix.combine`][] puts the parts back together.
+
+    **Arguments:**
+
+    - `pytree`: any pytree.
+    - `*filter_specs`: one or more filter specs (see [Filters](filters.md)).
+    - `replace`: keyword-only; what fills the holes.
+    - `is_leaf`: keyword-only; as in `jax.tree_util.tree_flatten`.
+
+    **Returns:** a tuple of `len(filter_specs) + 1` pytrees.
+
+    !!! example
+        ```python
+        >>> import jax.numpy as jnp, larix
+        >>> tree = [jnp.ones(2), jnp.arange(2), "relu"]
+        >>> floats, ints, rest = larix.partition(tree, larix.is_inexact_array, larix.is_array)
+        >>> floats
+        [Array([1., 1.], dtype=float32), None, None]
+        >>> rest
+        [None, None, 'relu']
+
+        ```
+    """
+    if not filter_specs:
+        raise TypeError(
+            "larix.partition needs at least one filter spec, e.g. "
+            "`params, static = larix.partition(model, larix.is_array)`."
+        )
+    leaves, treedef = jtu.tree_flatten(pytree, is_leaf)
+    owners = leaf_owners(pytree, leaves, filter_specs, is_leaf)
+    return tuple(
+        treedef.unflatten([x if o == i else replace for x, o in zip(leaves, owners)])
+        for i in range(len(filter_specs) + 1)
+    )
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def combine(*pytrees: Any, is_leaf: Callable[[Any], bool] | None = None) -> Any:
+    """Combine trees of the same structure, taking at each position the first non-`None` leaf.
+
+    The inverse of [`larix.partition`][] (with the default `replace=None`).
+
+    **Arguments:**
+
+    - `*pytrees`: one or more pytrees of the same structure, `None` marking holes.
+    - `is_leaf`: keyword-only; as in `jax.tree_util.tree_flatten`.
+
+    **Returns:** the combined pytree.
+
+    **Raises:** `ValueError` naming the first path where two trees' structures differ.
+    """
+    if not pytrees:
+        raise TypeError("larix.combine needs at least one pytree.")
+    leaf_fn = _is_none if is_leaf is None else (lambda x: x is None or is_leaf(x))
+    flat = [jtu.tree_flatten(t, leaf_fn) for t in pytrees]
+    leaves, treedef = flat[0]
+    for i, (other_leaves, other_def) in enumerate(flat[1:], start=1):
+        if other_def != treedef:
+            found = structure_mismatch(pytrees[0], pytrees[i], is_leaf=leaf_fn)
+            where, why = found if found is not None else ((), "a different structure")
+            raise ValueError(
+                f"larix.combine: tree 0 and tree {i} have different structures: at "
+                f"{python_path(where)} there is {why}. Combine only the parts that one "
+                "partition (with replace=None) produced from the same tree."
+            )
+        leaves = [x if x is not None else y for x, y in zip(leaves, other_leaves)]
+    return treedef.unflatten(leaves)

@@ -1,0 +1,106 @@
+"""Key paths as strings.
+
+Two spellings of the same key path are used across larix:
+
+- the *dotted* form, `layers.0.weight`, is the key of the dict strategy and of checkpoints
+  (PyTorch-like: attributes, sequence indices and dict keys are all joined by dots);
+- the *Python* form, `model.layers[0].weight`, appears in error messages, because it is
+  the expression a user would type to reach the leaf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax.tree_util as jtu
+
+__all__ = ["dotted_path", "python_path", "entry_name"]
+
+
+def entry_name(entry: Any) -> str:
+    """The dotted-form name of one key path entry."""
+    # Order follows frequency: Module fields and dict keys are the common case.
+    if isinstance(entry, jtu.GetAttrKey):
+        return entry.name
+    if isinstance(entry, jtu.DictKey):
+        return str(entry.key)
+    if isinstance(entry, jtu.SequenceKey):
+        return str(entry.idx)
+    if isinstance(entry, jtu.FlattenedIndexKey):
+        return str(entry.key)
+    return str(entry)
+
+
+def dotted_path(path: Sequence[Any]) -> str:
+    """`(GetAttrKey('layers'), SequenceKey(0), GetAttrKey('weight'))` -> `'layers.0.weight'`."""
+    return ".".join([entry_name(e) for e in path])
+
+
+def python_path(path: Sequence[Any], root: str = "tree") -> str:
+    """`(GetAttrKey('layers'), SequenceKey(0))` -> `'tree.layers[0]'`, for error messages."""
+    parts = [root]
+    for e in path:
+        if isinstance(e, jtu.GetAttrKey):
+            parts.append(f".{e.name}")
+        elif isinstance(e, jtu.DictKey):
+            parts.append(f"[{e.key!r}]")
+        elif isinstance(e, jtu.SequenceKey):
+            parts.append(f"[{e.idx}]")
+        elif isinstance(e, jtu.FlattenedIndexKey):
+            parts.append(f"[<flat {e.key}>]")
+        else:
+            parts.append(f"[{e!r}]")
+    return "".join(parts)
+
+
+def _one_level(node: Any, is_leaf: Any) -> tuple[tuple[tuple[Any, Any], ...], Any] | None:
+    """`((key, child), ...), metadata` of a pytree node, or `None` if `node` is a leaf."""
+    if is_leaf is not None and is_leaf(node):
+        return None
+    try:
+        children, metadata = jtu.flatten_one_level_with_keys(node)
+    except ValueError:
+        return None
+    return tuple(children), metadata
+
+
+def _describe(node: Any) -> str:
+    text = repr(node) if not hasattr(node, "shape") else f"{type(node).__name__}{list(node.shape)}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def structure_mismatch(
+    a: Any, b: Any, *, is_leaf: Any = None, prefix: bool = False, path: tuple[Any, ...] = ()
+) -> tuple[tuple[Any, ...], str] | None:
+    """Find the first place where the structures of `a` and `b` differ.
+
+    With `prefix=True`, `a` may stop early: a leaf of `a` matches any subtree of `b`.
+
+    **Returns:** `(path, reason)` for the first difference, or `None` if there is none.
+    """
+    node_a, node_b = _one_level(a, is_leaf), _one_level(b, is_leaf)
+    if node_a is None:
+        if prefix or node_b is None:
+            return None
+        return path, f"a leaf ({_describe(a)}) on one side, a {type(b).__name__} on the other"
+    if node_b is None:
+        return path, f"a {type(a).__name__} on one side, a leaf ({_describe(b)}) on the other"
+    if type(a) is not type(b):
+        return path, f"a {type(a).__name__} on one side, a {type(b).__name__} on the other"
+    (children_a, meta_a), (children_b, meta_b) = node_a, node_b
+    keys_a = [entry_name(k) for k, _ in children_a]
+    keys_b = [entry_name(k) for k, _ in children_b]
+    if keys_a != keys_b:
+        return path, f"children {keys_a} on one side, {keys_b} on the other"
+    try:
+        same_meta = bool(meta_a == meta_b)
+    except Exception:  # noqa: BLE001 - metadata whose == raises (arrays) counts as different
+        same_meta = False
+    if not same_meta:
+        return path, f"different static data: {_describe(meta_a)} vs {_describe(meta_b)}"
+    for (key, child_a), (_, child_b) in zip(children_a, children_b):
+        found = structure_mismatch(child_a, child_b, is_leaf=is_leaf, prefix=prefix, path=(*path, key))
+        if found is not None:
+            return found
+    return None

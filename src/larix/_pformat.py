@@ -1,0 +1,140 @@
+"""Pretty-printing of pytrees: arrays as `f32[3,4]`, one line when it fits."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["tree_pformat", "tree_pprint"]
+
+# A document is either a string (atomic text) or a group: (open, [items], close), where
+# each item is (prefix, document). A group prints on one line if that fits, else one item
+# per line, indented.
+_Doc = Any
+
+
+def _dtype_name(dtype: Any) -> str:
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return "bool"
+    short = {"f": "f", "i": "i", "u": "u", "c": "c"}.get(dtype.kind)
+    if short is None or dtype.name.startswith(("bfloat", "float8", "float4", "int4", "uint4")):
+        return {"bfloat16": "bf16"}.get(dtype.name, dtype.name)
+    return f"{short}{dtype.itemsize * 8}"
+
+
+def _array_text(x: Any, short: bool) -> str:
+    if not short:
+        return repr(x)
+    text = f"{_dtype_name(x.dtype)}[{','.join(map(str, x.shape))}]"
+    if isinstance(x, (np.ndarray, np.generic)):
+        text += "(numpy)"
+    return text
+
+
+def _function_name(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
+
+
+def _to_doc(x: Any, short_arrays: bool, struct_as_array: bool, truncate_leaf: Callable[[Any], bool]) -> _Doc:
+    recurse = functools.partial(_to_doc, short_arrays=short_arrays, struct_as_array=struct_as_array, truncate_leaf=truncate_leaf)
+    if truncate_leaf(x):
+        return f"{type(x).__name__}(...)"
+    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        return _array_text(x, short_arrays)
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return _array_text(x, True) if struct_as_array else repr(x)
+    from ._module import BoundMethod, Module
+
+    if isinstance(x, BoundMethod):
+        return (f"{type(x.__self__).__name__}.{_function_name(x.__func__).split('.')[-1]}(self=", [("", recurse(x.__self__))], ")")
+    if isinstance(x, Module) or (dataclasses.is_dataclass(x) and not isinstance(x, type)):
+        items = [(f"{f.name}=", recurse(getattr(x, f.name))) for f in dataclasses.fields(x) if f.repr and f.name in x.__dict__]
+        return (f"{type(x).__name__}(", items, ")")
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return (f"{type(x).__name__}(", [(f"{k}=", recurse(v)) for k, v in zip(x._fields, x)], ")")
+    if isinstance(x, list):
+        return ("[", [("", recurse(v)) for v in x], "]")
+    if isinstance(x, tuple):
+        items = [("", recurse(v)) for v in x]
+        return ("(", items, ",)") if len(x) == 1 else ("(", items, ")")
+    if isinstance(x, dict):
+        return ("{", [(f"{k!r}: ", recurse(v)) for k, v in x.items()], "}")
+    if isinstance(x, functools.partial):
+        items = [("", recurse(x.func))] + [("", recurse(a)) for a in x.args]
+        items += [(f"{k}=", recurse(v)) for k, v in x.keywords.items()]
+        return ("partial(", items, ")")
+    if isinstance(x, (jax.custom_jvp, jax.custom_vjp)) or hasattr(x, "__code__"):
+        return f"<function {_function_name(x)}>"
+    if callable(x) and not isinstance(x, type) and hasattr(x, "__wrapped__"):
+        return f"<wrapped function {_function_name(x)}>"
+    return repr(x)
+
+
+def _flat(doc: _Doc) -> str:
+    if isinstance(doc, str):
+        return doc
+    open_, items, close = doc
+    return open_ + ", ".join(prefix + _flat(d) for prefix, d in items) + close
+
+
+def _render(doc: _Doc, indent: int, width: int, line_indent: int, column: int, out: list[str]) -> None:
+    flat = _flat(doc)
+    if isinstance(doc, str) or column + len(flat) <= width or not doc[1]:
+        out.append(flat)
+        return
+    open_, items, close = doc
+    out.append(open_)
+    inner = line_indent + indent
+    for prefix, item in items:
+        out.append("\n" + " " * inner + prefix)
+        _render(item, indent, width, inner, inner + len(prefix), out)
+        out.append(",")
+    out.append("\n" + " " * line_indent + close.lstrip(","))
+
+
+def tree_pformat(
+    pytree: Any,
+    *,
+    width: int = 80,
+    indent: int = 2,
+    short_arrays: bool = True,
+    struct_as_array: bool = False,
+    truncate_leaf: Callable[[Any], bool] = lambda _: False,
+) -> str:
+    """Format a pytree as readable text: Modules as `Name(field=...)`, arrays as `f32[3,4]`.
+
+    **Arguments:**
+
+    - `pytree`: what to format.
+    - `width`: the line width to fit; containers that do not fit are split one item a line.
+    - `indent`: spaces per nesting level.
+    - `short_arrays`: print arrays as `dtype[shape]` (NumPy ones with a `(numpy)` tag)
+      rather than their values.
+    - `struct_as_array`: print `jax.ShapeDtypeStruct`s like arrays.
+    - `truncate_leaf`: a predicate; matching objects print as `Type(...)`.
+
+    **Returns:** the text.
+
+    !!! example
+        ```python
+        >>> import jax.numpy as jnp, larix
+        >>> print(larix.tree_pformat({"w": jnp.zeros((3, 4)), "act": "relu"}))
+        {'w': f32[3,4], 'act': 'relu'}
+
+        ```
+    """
+    out: list[str] = []
+    _render(_to_doc(pytree, short_arrays, struct_as_array, truncate_leaf), indent, width, 0, 0, out)
+    return "".join(out)
+
+
+def tree_pprint(pytree: Any, **kwargs: Any) -> None:
+    """Print [`larix.tree_pformat`][]`(pytree, **kwargs)`."""
+    print(tree_pformat(pytree, **kwargs))
