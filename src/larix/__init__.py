@@ -1,5 +1,7 @@
 """larix: pytree-native neural networks for JAX."""
 
+from . import debug as debug
+
 from ._filters import Filter as Filter
 from ._filters import by_path as by_path
 from ._filters import by_type as by_type
@@ -7,6 +9,10 @@ from ._filters import is_array as is_array
 from ._filters import is_array_like as is_array_like
 from ._filters import is_inexact_array as is_inexact_array
 from ._filters import is_inexact_array_like as is_inexact_array_like
+from ._flat import Skeleton as Skeleton
+from ._flat import merge as merge
+from ._flat import split as split
+from ._jit import filter_jit as filter_jit
 from ._module import AbstractClassVar as AbstractClassVar
 from ._module import AbstractVar as AbstractVar
 from ._module import BoundMethod as BoundMethod

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -276,8 +277,16 @@ def is_array_like(element: Any) -> bool:
     return isinstance(element, _ARRAY_TYPES + _SCALAR_TYPES) or hasattr(element, "__jax_array__")
 
 
+_INEXACT_DTYPE_CACHE: dict[Any, bool] = {}
+
+
 def _is_inexact_dtype(dtype: Any) -> bool:
-    return np.issubdtype(dtype, np.inexact)
+    # `jnp.issubdtype`, not `np.issubdtype`: NumPy does not count the ml_dtypes floats
+    # (bfloat16, float8_*) as inexact, and raises on extended dtypes such as PRNG keys.
+    known = _INEXACT_DTYPE_CACHE.get(dtype)
+    if known is None:
+        known = _INEXACT_DTYPE_CACHE[dtype] = bool(jnp.issubdtype(dtype, jnp.inexact))
+    return known
 
 
 @_FunctionFilter

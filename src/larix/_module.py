@@ -171,6 +171,8 @@ def _wraps_module(value: Any) -> bool:
         seen += 1
         if isinstance(value, (Module, BoundMethod)):
             return seen > 1
+        if isinstance(value, types.MethodType) and isinstance(value.__self__, Module):
+            return seen > 1  # a dunder such as `model.__call__`, which stays a plain method
         inner = getattr(value, "__wrapped__", None)
         if inner is None:
             return False
@@ -194,7 +196,14 @@ class _ModuleMeta(abc.ABCMeta):
 
         cls = super().__new__(mcs, name, bases, namespace, **kwargs)
         if namespace.get("__module__") == __name__ and name == "Module":
-            return cls  # the base class itself: no fields, not a dataclass
+            # The base class itself: not a dataclass (its own __setattr__ would clash with a
+            # frozen dataclass's), but `larix.Module()` is still an empty, frozen pytree.
+            cls._larix_custom_init = cls._larix_fill_fields = False
+            cls._larix_fields = cls._larix_converters = cls._larix_static_fields = ()
+            cls._larix_check_inits = ()
+            flatten, flatten_with_keys, unflatten = _make_flatten(cls, (), ())
+            jtu.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten_func=flatten)
+            return cls
 
         custom_init = "__init__" in namespace or any(
             getattr(b, "_larix_custom_init", False) for b in bases if isinstance(b, _ModuleMeta)
@@ -209,6 +218,8 @@ class _ModuleMeta(abc.ABCMeta):
 
         fields = dataclasses.fields(cls)
         cls._larix_fields = fields
+        # The generated __init__ sets every field except `init=False` ones without default.
+        cls._larix_fill_fields = custom_init or any(not f.init for f in fields)
         cls._larix_converters = tuple((f.name, f.metadata["converter"]) for f in fields if "converter" in f.metadata)
         dynamic = tuple(f.name for f in fields if not f.metadata.get("static", False))
         static = tuple(f.name for f in fields if f.metadata.get("static", False))
@@ -234,7 +245,7 @@ class _ModuleMeta(abc.ABCMeta):
         d[_INITIALISING] = True
         try:
             self.__init__(*args, **kwargs)
-            if cls._larix_custom_init:
+            if cls._larix_fill_fields:
                 _fill_unset_fields(cls, d)
             for name, converter in cls._larix_converters:
                 d[name] = converter(d[name])

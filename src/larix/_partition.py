@@ -29,7 +29,11 @@ def _mask(spec: Any, leaves: Sequence[Any], paths: Sequence[str] | None, where: 
     if isinstance(spec, bool):
         return [spec] * len(leaves)
     if spec is is_array:
-        return [_array_type(type(x), x) for x in leaves]
+        get = _ARRAY_TYPE_CACHE.get
+        mask = [get(type(x)) for x in leaves]
+        if None in mask:  # types not seen before
+            mask = [_array_type(type(x), x) for x in leaves]
+        return mask
     if spec is is_inexact_array:
         return [_array_type(type(x), x) and is_inexact_array(x) for x in leaves]
     if isinstance(spec, Filter) and spec.uses_path:
@@ -60,30 +64,32 @@ def leaf_owners(
     if any(_uses_path(s) for s in filter_specs):
         paths = [dotted_path(p) for p, _ in jtu.tree_flatten_with_path(tree, is_leaf)[0]]
     owners = [len(filter_specs)] * n
-    unassigned = list(range(n))
+    unassigned: list[int] | None = None  # None: all leaves (the common case, kept implicit)
     for i, spec in enumerate(filter_specs):
-        if not unassigned:
+        todo = range(n) if unassigned is None else unassigned
+        if not todo:
             break
         spec_leaves, spec_def = jtu.tree_flatten(spec)
         if spec_def.num_leaves == 1 and spec_def.num_nodes == 1:
             # The common case: one bool or callable for the whole tree.
-            sub_leaves = [leaves[j] for j in unassigned] if len(unassigned) < n else leaves
-            sub_paths = None if paths is None else [paths[j] for j in unassigned]
+            sub_leaves = leaves if unassigned is None else [leaves[j] for j in todo]
+            sub_paths = None if paths is None else [paths[j] for j in todo]
             mask = _mask(spec, sub_leaves, sub_paths, lambda _: "the root of the filter spec")
         else:
             per_leaf = _broadcast_prefix(spec, spec_leaves, spec_def, tree, is_leaf, i)
             mask = []
-            for j in unassigned:
+            for j in todo:
                 spec_leaf, spec_path = per_leaf[j]
                 leaf_paths = None if paths is None else [paths[j]]
                 mask.extend(_mask(spec_leaf, [leaves[j]], leaf_paths, lambda _, p=spec_path: p))
-        remaining = []
-        for j, selected in zip(unassigned, mask):
-            if selected:
-                owners[j] = i
-            else:
-                remaining.append(j)
-        unassigned = remaining
+        if unassigned is None:
+            owners = [i if m else o for m, o in zip(mask, owners)]
+        else:
+            for j, selected in zip(todo, mask):
+                if selected:
+                    owners[j] = i
+        if i + 1 < len(filter_specs):
+            unassigned = [j for j, selected in zip(todo, mask) if not selected]
     return owners
 
 

@@ -66,8 +66,17 @@ def _one_level(node: Any, is_leaf: Any) -> tuple[tuple[tuple[Any, Any], ...], An
 
 
 def _describe(node: Any) -> str:
-    text = repr(node) if not hasattr(node, "shape") else f"{type(node).__name__}{list(node.shape)}"
-    return text if len(text) <= 40 else text[:37] + "..."
+    from ._pformat import tree_pformat
+
+    text = tree_pformat(node, width=10_000)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _safe_equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - values whose == raises (arrays) count as different
+        return False
 
 
 def structure_mismatch(
@@ -93,11 +102,12 @@ def structure_mismatch(
     keys_b = [entry_name(k) for k, _ in children_b]
     if keys_a != keys_b:
         return path, f"children {keys_a} on one side, {keys_b} on the other"
-    try:
-        same_meta = bool(meta_a == meta_b)
-    except Exception:  # noqa: BLE001 - metadata whose == raises (arrays) counts as different
-        same_meta = False
-    if not same_meta:
+    if not _safe_equal(meta_a, meta_b):
+        static_fields = getattr(type(a), "_larix_static_fields", ())
+        for name in static_fields:  # a Module: name the static field that changed
+            old, new = a.__dict__.get(name), b.__dict__.get(name)
+            if old is not new and not _safe_equal(old, new):
+                return (*path, jtu.GetAttrKey(name)), f"static field changed: {_describe(old)} -> {_describe(new)}"
         return path, f"different static data: {_describe(meta_a)} vs {_describe(meta_b)}"
     for (key, child_a), (_, child_b) in zip(children_a, children_b):
         found = structure_mismatch(child_a, child_b, is_leaf=is_leaf, prefix=prefix, path=(*path, key))

@@ -55,7 +55,8 @@ def _to_doc(x: Any, short_arrays: bool, struct_as_array: bool, truncate_leaf: Ca
     if isinstance(x, BoundMethod):
         return (f"{type(x.__self__).__name__}.{_function_name(x.__func__).split('.')[-1]}(self=", [("", recurse(x.__self__))], ")")
     if isinstance(x, Module) or (dataclasses.is_dataclass(x) and not isinstance(x, type)):
-        items = [(f"{f.name}=", recurse(getattr(x, f.name))) for f in dataclasses.fields(x) if f.repr and f.name in x.__dict__]
+        fields = type(x)._larix_fields if isinstance(x, Module) else dataclasses.fields(x)
+        items = [(f"{f.name}=", recurse(getattr(x, f.name))) for f in fields if f.repr and f.name in x.__dict__]
         return (f"{type(x).__name__}(", items, ")")
     if isinstance(x, tuple) and hasattr(x, "_fields"):
         return (f"{type(x).__name__}(", [(f"{k}=", recurse(v)) for k, v in zip(x._fields, x)], ")")

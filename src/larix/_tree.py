@@ -124,16 +124,19 @@ def tree_at(
         ) from None
     single = id(selected) in index
     nodes = [selected] if single else selected
-    if not single and not isinstance(nodes, Sequence):
+    # A string is a Sequence, but never a list of nodes: it is a value `where` read, such
+    # as a static field's.
+    if not single and (isinstance(nodes, str) or not isinstance(nodes, Sequence)):
         raise TypeError(
             f"larix.tree_at: `where` returned {nodes!r}, which is not a node of the tree. "
-            "Return a node (`lambda m: m.weight`) or a list/tuple of nodes."
+            "Return a node (`lambda m: m.weight`) or a list/tuple of nodes. Static fields "
+            "are part of the structure, not nodes: build a new Module to change them."
         )
     paths = []
     for node in nodes:
         path = index.get(id(node), _MISSING)
         if path is _MISSING:
-            raise ValueError(
+            raise TypeError(
                 f"larix.tree_at: `where` returned {node!r}, which is not a node of the tree. "
                 "It must return parts of the tree it is given, not new objects."
             )

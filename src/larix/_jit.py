@@ -1,0 +1,450 @@
+"""filter_jit: `jax.jit` for whole models, with near-raw per-call overhead.
+
+Per call, the work is: look up each argument's cached static part (memoised on frozen
+Modules), look up the compiled function for that tuple of static parts in a dict, call a
+`jax.jit` that takes only the flat list of arrays, and rebuild the outputs from a static
+part recorded at trace time. Nothing here waits for the device.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.tree_util as jtu
+import numpy as np
+
+from ._filters import is_array
+from ._flat import _memoisable
+from ._module import Module
+from ._paths import python_path
+from ._recompile import TraceLog, explain, record_trace
+
+__all__ = ["filter_jit"]
+
+# Memo on a Module instance: (its _Static, its arrays). See _split_arg.
+_JIT_MEMO = "__larix_jit__"
+_CONCRETE_ARRAY_TYPES = (type(jax.numpy.zeros(0)), np.ndarray)
+
+
+class _Static:
+    """The static part of one argument (or output): structure, static leaves, array slots."""
+
+    __slots__ = ("__weakref__", "_hash", "bare", "memoisable", "num_arrays", "positions", "statics", "template", "treedef")
+
+    def __init__(self, treedef: Any, leaves: list[Any], positions: tuple[int, ...], memoisable: bool):
+        self.treedef = treedef
+        self.positions = positions
+        self.num_arrays = len(positions)
+        self.bare = treedef.num_nodes == 1 and len(positions) == 1
+        template = list(leaves)
+        for p in positions:
+            template[p] = None
+        self.template = template
+        array_slots = set(positions)
+        # Types too: 1, 1.0 and True are equal and hash alike, but must not share a trace.
+        self.statics = tuple((type(x), x) for i, x in enumerate(leaves) if i not in array_slots)
+        self.memoisable = memoisable
+        self._hash = hash((treedef, positions, self.statics))
+
+    def rebuild(self, arrays: Any) -> Any:
+        if self.bare:
+            return arrays[0]
+        leaves = self.template.copy()
+        for p, a in zip(self.positions, arrays):
+            leaves[p] = a
+        return self.treedef.unflatten(leaves)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, _Static) or self._hash != other._hash:
+            return False
+        return self.positions == other.positions and self.treedef == other.treedef and self.statics == other.statics
+
+
+_INTERNED: weakref.WeakValueDictionary[_Static, _Static] = weakref.WeakValueDictionary()
+_INTERN_LOCK = threading.Lock()
+
+
+def _intern(static: _Static) -> _Static:
+    # One object per distinct static part, so that the static part of a model that a
+    # jitted call returned *is* the one of the model that went in: cache lookups then
+    # compare by identity instead of walking two treedefs (benchmarks: adam step).
+    with _INTERN_LOCK:
+        existing = _INTERNED.get(static)
+        if existing is None:
+            _INTERNED[static] = static
+            return static
+        return existing
+
+
+def _make_static(x: Any, where: str, memoise: bool) -> tuple[_Static, tuple[Any, ...]]:
+    leaves, treedef = jtu.tree_flatten(x)
+    positions = tuple(i for i, leaf in enumerate(leaves) if is_array(leaf))
+    try:
+        static = _Static(treedef, leaves, positions, memoise and _memoisable(x))
+    except TypeError:
+        raise _unhashable_error(x, where) from None
+    return static, tuple(leaves[p] for p in positions)
+
+
+def _unhashable_error(x: Any, where: str) -> TypeError:
+    for path, leaf in jtu.tree_flatten_with_path(x)[0]:
+        if not is_array(leaf):
+            try:
+                hash(leaf)
+            except TypeError:
+                return TypeError(
+                    f"filter_jit: the static value at {python_path(path, where)} is unhashable "
+                    f"({type(leaf).__name__}). Non-array leaves are compile-time constants and "
+                    "must be hashable: use a tuple instead of a list or set, an array if it is "
+                    "data, or make the class hashable."
+                )
+    # Otherwise an unhashable static field (part of the treedef).
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(x, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, Module):
+            for name in type(node)._larix_static_fields:  # type: ignore[attr-defined]
+                try:
+                    hash(node.__dict__[name])
+                except TypeError:
+                    field_path = python_path((*path, jtu.GetAttrKey(name)), where)
+                    return TypeError(
+                        f"filter_jit: the static field {field_path} holds an unhashable "
+                        f"{type(node.__dict__[name]).__name__}. Static fields are part of the "
+                        "tree structure and must be hashable: store a tuple instead of a list, "
+                        "or declare the field without static=True if it holds arrays."
+                    )
+        try:
+            children = jtu.flatten_one_level_with_keys(node)[0]
+        except ValueError:
+            continue
+        stack.extend((child, (*path, key)) for key, child in children)
+    return TypeError(f"filter_jit: {where} contains an unhashable static value.")
+
+
+_ARRAY_STATIC = _intern(_Static(jtu.tree_structure(0), [0], (0,), False))
+
+
+def _split_arg(x: Any, where: str) -> tuple[_Static, tuple[Any, ...]]:
+    if type(x) in _CONCRETE_ARRAY_TYPES:
+        return _ARRAY_STATIC, (x,)
+    if isinstance(x, Module):
+        memo = x.__dict__.get(_JIT_MEMO)
+        if memo is not None:
+            return memo
+        static, arrays = _make_static(x, where, memoise=True)
+        if static.memoisable:
+            static = _intern(static)
+            x.__dict__[_JIT_MEMO] = (static, arrays)
+        return static, arrays
+    return _make_static(x, where, memoise=False)
+
+
+class _OutStatic:
+    """How to rebuild a call's output: one _Static per top-level element."""
+
+    __slots__ = ("container", "parts")
+
+    def __init__(self, container: type | None, parts: tuple[_Static, ...]):
+        self.container = container
+        self.parts = parts
+
+    def rebuild(self, arrays: tuple[Any, ...]) -> Any:
+        out = []
+        start = 0
+        for static in self.parts:
+            chunk = arrays[start : start + static.num_arrays]
+            start += static.num_arrays
+            value = static.rebuild(chunk)
+            if static.memoisable:
+                # Born with its split: feeding it back into a jitted call costs O(arrays).
+                value.__dict__[_JIT_MEMO] = (static, chunk)
+            out.append(value)
+        return out[0] if self.container is None else self.container(out)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _OutStatic) and self.container is other.container and self.parts == other.parts
+
+    def __hash__(self) -> int:
+        return hash((self.container, self.parts))
+
+
+def _split_output(out: Any) -> tuple[_OutStatic, list[Any]]:
+    container = type(out) if type(out) in (tuple, list) else None
+    elements = out if container is not None else (out,)
+    parts, arrays = [], []
+    for i, element in enumerate(elements):
+        static, element_arrays = _make_static(element, f"output[{i}]", memoise=isinstance(element, Module))
+        parts.append(_intern(static) if static.memoisable else static)
+        arrays.extend(element_arrays)
+    return _OutStatic(container, tuple(parts)), arrays
+
+
+class _Boxed:
+    """Output of a jitted call whose static output part varies with the input shapes."""
+
+    __slots__ = ("arrays", "static")
+
+    def __init__(self, arrays: Any, static: _OutStatic):
+        self.arrays, self.static = arrays, static
+
+
+jtu.register_pytree_node(_Boxed, lambda b: (b.arrays, b.static), lambda s, a: _Boxed(a, s))
+
+
+class _OutputStaticChanged(Exception):  # noqa: N818 - internal signal, caught in __call__
+    pass
+
+
+class _Entry:
+    """One compiled function: for one tuple of static parts of (fun, args, kwargs)."""
+
+    __slots__ = ("boxed", "fn", "out_static")
+
+    def __init__(self) -> None:
+        self.fn: Any = None
+        self.out_static: _OutStatic | None = None
+        self.boxed = False
+
+
+_DONATE = ("none", "all", "all-except-first", "warn", "warn-except-first")
+
+
+class _JitWrapper:
+    def __init__(self, fun: Callable[..., Any], donate: str, jitkwargs: dict[str, Any]):
+        self._fun = fun
+        self._fun_is_module = isinstance(fun, Module)
+        self._donate = donate
+        self._jitkwargs = jitkwargs
+        self._cache: dict[Any, _Entry] = {}
+        self._lock = threading.Lock()
+        self._traces = TraceLog()
+        self.num_traces = 0
+        self.recompile_reasons: list[str] = []
+        functools.update_wrapper(self, fun, updated=())
+
+    # The hot path. Every line here is paid on every call; see benchmarks/bench_jit.py.
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
+        statics: list[Any] = []
+        arrays: list[Any] = []
+        if self._fun_is_module:
+            static, arrs = _split_arg(self._fun, "fun")
+            statics.append(static)
+            arrays.extend(arrs)
+        for i, a in enumerate(args):
+            static, arrs = _split_arg(a, f"args[{i}]")
+            statics.append(static)
+            arrays.extend(arrs)
+        if kwargs:
+            for name, v in kwargs.items():
+                static, arrs = _split_arg(v, f"kwargs[{name!r}]")
+                statics.append(static)
+                arrays.extend(arrs)
+            return (tuple(statics), len(args), tuple(kwargs)), arrays
+        return (tuple(statics), len(args), ()), arrays
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key, arrays = self._key(args, kwargs)
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._new_entry(key)
+        try:
+            if self._donate in ("all", "all-except-first"):
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+                    out = entry.fn(*arrays)
+            else:
+                out = entry.fn(*arrays)
+        except _OutputStaticChanged:
+            self._box(entry, key)
+            out = entry.fn(*arrays)
+        if entry.boxed:
+            return out.static.rebuild(out.arrays)
+        return entry.out_static.rebuild(out)  # type: ignore[union-attr]
+
+    def _new_entry(self, key: Any) -> _Entry:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                entry = _Entry()
+                entry.fn = self._jit(key, entry)
+                self._cache[key] = entry
+        return entry
+
+    def _box(self, entry: _Entry, key: Any) -> None:
+        with self._lock:
+            if not entry.boxed:
+                entry.boxed = True
+                entry.fn = self._jit(key, entry)
+
+    def _jit(self, key: Any, entry: _Entry) -> Any:
+        statics, num_args, kwnames = key
+        donate_argnums: tuple[int, ...] = ()
+        total = sum(s.num_arrays for s in statics)
+        if self._donate in ("all", "warn"):
+            donate_argnums = tuple(range(total))
+        elif self._donate in ("all-except-first", "warn-except-first"):
+            skip = sum(s.num_arrays for s in statics[: 2 if self._fun_is_module else 1]) if num_args else 0
+            donate_argnums = tuple(range(skip, total))
+
+        def traced(*arrays: Any) -> Any:
+            with self._lock:
+                self.num_traces += 1
+                reason = record_trace(self._traces, key, arrays, self._labels(key))
+                if reason:
+                    self.recompile_reasons.append(reason)
+            if reason:
+                explain(self.__wrapped__, reason)
+            values = []
+            start = 0
+            for static in statics:
+                values.append(static.rebuild(arrays[start : start + static.num_arrays]))
+                start += static.num_arrays
+            if self._fun_is_module:
+                fun, values = values[0], values[1:]
+            else:
+                fun = self._fun
+            args = values[:num_args]
+            kwargs = dict(zip(kwnames, values[num_args:]))
+            out_static, out_arrays = _split_output(fun(*args, **kwargs))
+            if entry.boxed:
+                return _Boxed(out_arrays, out_static)
+            with self._lock:
+                if entry.out_static is None:
+                    entry.out_static = out_static
+                elif entry.out_static != out_static:
+                    raise _OutputStaticChanged
+            return out_arrays
+
+        return jax.jit(traced, donate_argnums=donate_argnums, **self._jitkwargs)
+
+    def _labels(self, key: Any) -> list[str]:
+        statics, num_args, kwnames = key
+        labels = ["fun"] if self._fun_is_module else []
+        labels += [f"args[{i}]" for i in range(num_args)]
+        labels += [f"kwargs[{n!r}]" for n in kwnames]
+        return labels
+
+    def lower(self, *args: Any, **kwargs: Any) -> _Lowered:
+        """Trace and lower for these arguments without running: `jax.jit(...).lower`."""
+        key, arrays = self._key(args, kwargs)
+        entry = self._cache.get(key) or self._new_entry(key)
+        return _Lowered(self, key, entry, entry.fn.lower(*arrays))
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        from ._partial import Partial
+
+        # A bound method that is a pytree, so the instance's arrays are traced.
+        bound = object.__new__(Partial)
+        bound.__dict__.update(func=self, args=(instance,), keywords={})
+        return bound
+
+    def __repr__(self) -> str:
+        return f"<filter_jit of {self.__wrapped__!r}>"
+
+
+class _Lowered:
+    """The lowered form of a filter_jit call; `.compile()` it to run it."""
+
+    def __init__(self, wrapper: _JitWrapper, key: Any, entry: _Entry, lowered: Any):
+        self._wrapper, self._key, self._entry, self.lowered = wrapper, key, entry, lowered
+
+    def as_text(self) -> str:
+        return self.lowered.as_text()
+
+    def compile(self) -> _Compiled:
+        return _Compiled(self._wrapper, self._key, self._entry, self.lowered.compile())
+
+
+class _Compiled:
+    """A compiled filter_jit call: call it with arguments like the ones it was lowered for."""
+
+    def __init__(self, wrapper: _JitWrapper, key: Any, entry: _Entry, compiled: Any):
+        self._wrapper, self._key, self._entry, self.compiled = wrapper, key, entry, compiled
+
+    def as_text(self) -> str:
+        return self.compiled.as_text()
+
+    def cost_analysis(self) -> Any:
+        return self.compiled.cost_analysis()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key, arrays = self._wrapper._key(args, kwargs)
+        if key != self._key:
+            raise TypeError(
+                "This compiled function was lowered for arguments with other static values or "
+                "structure. Call `.lower(...)` again with these arguments, or use the "
+                "filter_jit function itself, which compiles as needed."
+            )
+        out = self.compiled(*arrays)
+        if self._entry.boxed:
+            return out.static.rebuild(out.arrays)
+        return self._entry.out_static.rebuild(out)  # type: ignore[union-attr]
+
+
+def filter_jit(fun: Callable[..., Any] | None = None, *, donate: str = "none", **jitkwargs: Any) -> Any:
+    """Compile `fun` with `jax.jit`, tracing every array in its inputs and treating
+    everything else as static.
+
+    Any argument may be a whole model: its JAX and NumPy arrays are traced, all other
+    leaves (and static fields) are compile-time constants, and changing one of those, the
+    tree structure, or an array's shape or dtype compiles again. If `fun` itself is a
+    Module or bound method, its arrays are traced too. Outputs may be any pytree; their
+    non-array leaves are returned as they are.
+
+    The steady state is cheap: frozen Modules remember their split, and the Modules that a
+    call returns are born with theirs, so a training loop that feeds the model back in
+    pays for its arrays, not for its static leaves. The call does not wait for the device.
+
+    **Arguments:**
+
+    - `fun`: the function to compile. Use `filter_jit` as `@filter_jit` or
+      `@filter_jit(donate=...)`.
+    - `donate`: which input buffers XLA may reuse for outputs: `"none"` (default), `"all"`,
+      `"all-except-first"` (keep the first positional argument), or `"warn"` /
+      `"warn-except-first"` (the same, without silencing JAX's warning when a buffer
+      cannot be donated).
+    - `**jitkwargs`: passed on to `jax.jit` (`device`, `backend`, `keep_unused`,
+      `compiler_options`, ...). Not `static_argnums`/`static_argnames`/`donate_argnums`:
+      filter_jit decides those itself.
+
+    **Returns:** the compiled function. It also has `.lower(*args, **kwargs)` for
+    ahead-of-time compilation.
+
+    !!! example
+        ```python
+        >>> import jax.numpy as jnp, larix
+        >>> @larix.filter_jit
+        ... def scale(x, factor, name):
+        ...     return x * factor, name.upper()
+        >>> scale(jnp.arange(3.0), 2, "ok")
+        (Array([0., 2., 4.], dtype=float32), 'OK')
+
+        ```
+    """
+    if donate not in _DONATE:
+        raise ValueError(f"filter_jit(donate={donate!r}): donate must be one of {', '.join(map(repr, _DONATE))}.")
+    for bad in ("static_argnums", "static_argnames", "donate_argnums", "donate_argnames"):
+        if bad in jitkwargs:
+            raise TypeError(
+                f"filter_jit does not take `{bad}`: it traces every array and treats every "
+                "other value as static by itself. Use `donate=` for buffer donation."
+            )
+    if fun is None:
+        return lambda f: filter_jit(f, donate=donate, **jitkwargs)
+    if not callable(fun):
+        raise TypeError(f"filter_jit: expected a callable to compile, got {type(fun).__name__}.")
+    return _JitWrapper(fun, donate, jitkwargs)

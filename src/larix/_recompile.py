@@ -1,0 +1,185 @@
+"""Why did a filtered transform compile again? Explanations computed at trace time only."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax.tree_util as jtu
+
+from ._paths import python_path, structure_mismatch
+from ._pformat import tree_pformat
+
+__all__ = ["TraceLog", "explain", "explain_recompiles", "record_trace"]
+
+_logger = logging.getLogger("larix")
+_explain_enabled = os.environ.get("LARIX_EXPLAIN_RECOMPILES", "").lower() in ("1", "true", "yes", "on")
+_MAX_REMEMBERED = 32
+
+
+class explain_recompiles:  # noqa: N801 - used like a function
+    """Switch on (or off) explanations of why a filtered transform compiles again.
+
+    When on, every time a `filter_jit` function traces again it logs, on the `"larix"`
+    logger at WARNING level, what changed against the closest earlier trace, by path:
+    `static value at args[0].act changed: <function relu> -> <function gelu>` or
+    `array at args[1] changed: f32[32,64] -> f32[16,64]`. Setting the environment variable
+    `LARIX_EXPLAIN_RECOMPILES=1` switches it on from the start. The explanations are also
+    kept: see [`larix.debug.recompile_reasons`][].
+
+    Use it as a call (`explain_recompiles()` / `explain_recompiles(False)`) or as a
+    context manager (`with explain_recompiles(): ...`), which restores the previous setting.
+    """
+
+    def __init__(self, enabled: bool = True):
+        global _explain_enabled
+        self._previous = _explain_enabled
+        _explain_enabled = bool(enabled)
+
+    def __enter__(self) -> explain_recompiles:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _explain_enabled
+        _explain_enabled = self._previous
+
+
+def explain(fn: Callable[..., Any], reason: str) -> None:
+    if _explain_enabled:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        _logger.warning("filter_jit(%s) is compiling again: %s", name, reason)
+
+
+class _ArraySlot:
+    """Stands for an array of this shape and dtype while two traces are compared."""
+
+    __slots__ = ("dtype", "shape", "weak")
+
+    def __init__(self, aval: tuple[Any, ...]):
+        self.shape, self.dtype, self.weak = aval
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ArraySlot) and (self.shape, self.dtype, self.weak) == (other.shape, other.dtype, other.weak)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        from ._pformat import _dtype_name
+
+        return f"{_dtype_name(self.dtype)}[{','.join(map(str, self.shape))}]" + ("(weak)" if self.weak else "")
+
+
+def _aval(x: Any) -> tuple[Any, ...]:
+    aval = getattr(x, "aval", None)
+    weak = bool(getattr(aval, "weak_type", False))
+    return tuple(x.shape), x.dtype, weak
+
+
+def _rebuild(static: Any, avals: tuple[Any, ...]) -> Any:
+    return static.rebuild([_ArraySlot(a) for a in avals])
+
+
+def _describe(x: Any) -> str:
+    text = repr(x) if isinstance(x, _ArraySlot) else tree_pformat(x, width=10_000)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _diff_values(old: Any, new: Any, root: str) -> list[str]:
+    old_leaves, old_def = jtu.tree_flatten_with_path(old)
+    new_leaves, new_def = jtu.tree_flatten_with_path(new)
+    if old_def != new_def:
+        found = structure_mismatch(old, new)
+        if found is None:
+            return [f"the structure of {root} changed"]
+        path, why = found
+        if why.startswith("static field changed: "):
+            return [f"static field {python_path(path, root)} changed: {why.removeprefix('static field changed: ')}"]
+        return [f"the structure of {root} changed at {python_path(path, root)}: {why}"]
+    changes = []
+    for (path, a), (_, b) in zip(old_leaves, new_leaves):
+        where = python_path(path, root)
+        if isinstance(a, _ArraySlot) and isinstance(b, _ArraySlot):
+            if a != b:
+                changes.append(f"array at {where} changed: {a!r} -> {b!r}")
+        elif isinstance(a, _ArraySlot) or isinstance(b, _ArraySlot):
+            changes.append(f"{where} changed: {_describe(a)} -> {_describe(b)}")
+        elif type(a) is not type(b) or not _equal(a, b):
+            changes.append(f"static value at {where} changed: {_describe(a)} -> {_describe(b)}")
+    return changes
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _differences(old: Any, new: Any, labels: list[str]) -> list[str]:
+    (old_statics, old_nargs, old_kw), old_avals = old
+    (new_statics, new_nargs, new_kw), new_avals = new
+    if (old_nargs, old_kw) != (new_nargs, new_kw):
+        return [f"called with {new_nargs} positional and keywords {list(new_kw)} instead of {old_nargs} and {list(old_kw)}"]
+    changes: list[str] = []
+    old_start = new_start = 0
+    for label, s_old, s_new in zip(labels, old_statics, new_statics):
+        a_old = old_avals[old_start : old_start + s_old.num_arrays]
+        a_new = new_avals[new_start : new_start + s_new.num_arrays]
+        old_start += s_old.num_arrays
+        new_start += s_new.num_arrays
+        if s_old is s_new and a_old == a_new:
+            continue
+        changes.extend(_diff_values(_rebuild(s_old, a_old), _rebuild(s_new, a_new), label))
+    return changes
+
+
+def _fresh_callables(changes: list[str], old: Any, new: Any, labels: list[str]) -> list[str]:
+    """Static leaves that are a new function object with the same code as before."""
+    found = []
+    for label, s_old, s_new in zip(labels, old[0][0], new[0][0]):
+        if s_old is s_new or s_old.treedef != s_new.treedef:
+            continue
+        for (_, a), (_, b) in zip(s_old.statics, s_new.statics):
+            code = getattr(a, "__code__", None)
+            if a is not b and code is not None and code is getattr(b, "__code__", None):
+                found.append(f"{label} ({code.co_name} at {code.co_filename}:{code.co_firstlineno})")
+    return found
+
+
+class TraceLog:
+    """The recent traces of one filtered function, to compare new traces against."""
+
+    def __init__(self) -> None:
+        self.entries: list[Any] = []
+        self.warned_fresh = False
+
+
+def record_trace(log: TraceLog, key: Any, arrays: Any, labels: list[str]) -> str:
+    """Remember this trace; return what changed against the closest earlier one ('' if first)."""
+    traces = log.entries
+    new = (key, tuple(_aval(a) for a in arrays))
+    reason = ""
+    if traces:
+        best: list[str] | None = None
+        for old in reversed(traces):
+            changes = _differences(old, new, labels)
+            if best is None or (changes and len(changes) < len(best)):
+                best = changes
+        reason = "; ".join(best or ["nothing visible changed (another trace of the same inputs)"])
+        fresh = _fresh_callables(best or [], traces[-1], new, labels)
+        if fresh and not log.warned_fresh:
+            log.warned_fresh = True
+            warnings.warn(
+                "filter_jit is compiling again because a static function is a new object with "
+                f"the same code as in the previous call: {', '.join(fresh)}. This happens with "
+                "a lambda or closure created inside a loop, and compiles on every call. Create "
+                "it once outside the loop, or make it a Module (whose arrays are traced).",
+                UserWarning,
+                stacklevel=5,
+            )
+    traces.append(new)
+    del traces[:-_MAX_REMEMBERED]
+    return reason
