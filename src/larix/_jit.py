@@ -9,6 +9,7 @@ part recorded at trace time. Nothing here waits for the device.
 from __future__ import annotations
 
 import functools
+import operator
 import threading
 import warnings
 import weakref
@@ -21,7 +22,7 @@ import numpy as np
 
 from ._filters import is_array
 from ._flat import _memoisable
-from ._module import Module
+from ._module import MODULE_TYPES, Module
 from ._paths import python_path
 from ._recompile import TraceLog, explain, record_trace
 
@@ -134,9 +135,11 @@ def _unhashable_error(x: Any, where: str) -> TypeError:
 
 
 _ARRAY_STATIC = _intern(_Static(jtu.tree_structure(0), [0], (0,), False))
+_ARRAY_ID = id(_ARRAY_STATIC)
 
 
 def _split_arg(x: Any, where: str) -> tuple[_Static, tuple[Any, ...]]:
+    """The static part of `x` (interned, so that equal parts are the same object) and its arrays."""
     if type(x) in _CONCRETE_ARRAY_TYPES:
         return _ARRAY_STATIC, (x,)
     if isinstance(x, Module):
@@ -144,23 +147,27 @@ def _split_arg(x: Any, where: str) -> tuple[_Static, tuple[Any, ...]]:
         if memo is not None:
             return memo
         static, arrays = _make_static(x, where, memoise=True)
+        static = _intern(static)
         if static.memoisable:
-            static = _intern(static)
             x.__dict__[_JIT_MEMO] = (static, arrays)
         return static, arrays
-    return _make_static(x, where, memoise=False)
+    static, arrays = _make_static(x, where, memoise=False)
+    return _intern(static), arrays
 
 
 class _OutStatic:
     """How to rebuild a call's output: one _Static per top-level element."""
 
-    __slots__ = ("container", "parts")
+    __slots__ = ("bare", "container", "parts")
 
     def __init__(self, container: type | None, parts: tuple[_Static, ...]):
         self.container = container
         self.parts = parts
+        self.bare = container is None and parts[0].bare  # the output is a single array
 
     def rebuild(self, arrays: tuple[Any, ...]) -> Any:
+        if self.bare:
+            return arrays[0]
         out = []
         start = 0
         for static in self.parts:
@@ -203,6 +210,10 @@ class _Boxed:
 jtu.register_pytree_node(_Boxed, lambda b: (b.arrays, b.static), lambda s, a: _Boxed(a, s))
 
 
+def _unbox(out: _Boxed) -> Any:
+    return out.static.rebuild(out.arrays)
+
+
 class _OutputStaticChanged(Exception):  # noqa: N818 - internal signal, caught in __call__
     pass
 
@@ -210,9 +221,11 @@ class _OutputStaticChanged(Exception):  # noqa: N818 - internal signal, caught i
 class _Entry:
     """One compiled function: for one tuple of static parts of (fun, args, kwargs)."""
 
-    __slots__ = ("boxed", "fn", "out_static")
+    __slots__ = ("boxed", "call", "finish", "fn", "out_static")
 
     def __init__(self) -> None:
+        self.finish: Any = None  # out arrays -> output; set when the first trace is done
+        self.call: Any = None  # (static parts, number of positional args, keyword names)
         self.fn: Any = None
         self.out_static: _OutStatic | None = None
         self.boxed = False
@@ -226,6 +239,7 @@ class _JitWrapper:
         self._fun = fun
         self._fun_is_module = isinstance(fun, Module)
         self._donate = donate
+        self._quiet_donation = donate in ("all", "all-except-first")
         self._jitkwargs = jitkwargs
         self._cache: dict[Any, _Entry] = {}
         self._lock = threading.Lock()
@@ -234,61 +248,91 @@ class _JitWrapper:
         self.recompile_reasons: list[str] = []
         functools.update_wrapper(self, fun, updated=())
 
-    # The hot path. Every line here is paid on every call; see benchmarks/bench_jit.py.
-    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
-        statics: list[Any] = []
+    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any], list[Any]]:
+        """The cache key of a call and its arrays, in order.
+
+        The key is `(kwnames, id(static part) for fun?, each arg, each kwarg)`. Static parts
+        are interned, so ids stand for values, and a tuple of ints hashes in C; each entry of
+        the cache holds its static parts, so their ids cannot be reused while it lives.
+        """
+        key: list[Any] = [tuple(kwargs)]
         arrays: list[Any] = []
-        if self._fun_is_module:
-            static, arrs = _split_arg(self._fun, "fun")
-            statics.append(static)
+        parts: list[Any] = []
+        values = (self._fun, *args, *kwargs.values()) if self._fun_is_module else (*args, *kwargs.values())
+        for i, a in enumerate(values):
+            t = type(a)
+            if t in _CONCRETE_ARRAY_TYPES:
+                key.append(_ARRAY_ID)
+                arrays.append(a)
+                parts.append(_ARRAY_STATIC)
+                continue
+            memo = a.__dict__.get(_JIT_MEMO) if t in MODULE_TYPES else None
+            if memo is None:
+                memo = _split_arg(a, self._labels_for(len(args), tuple(kwargs))[i])
+            static, arrs = memo
+            key.append(id(static))
             arrays.extend(arrs)
-        for i, a in enumerate(args):
-            static, arrs = _split_arg(a, f"args[{i}]")
-            statics.append(static)
-            arrays.extend(arrs)
-        if kwargs:
-            for name, v in kwargs.items():
-                static, arrs = _split_arg(v, f"kwargs[{name!r}]")
-                statics.append(static)
-                arrays.extend(arrs)
-            return (tuple(statics), len(args), tuple(kwargs)), arrays
-        return (tuple(statics), len(args), ()), arrays
+            parts.append(static)
+        return tuple(key), arrays, parts
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key, arrays = self._key(args, kwargs)
+        # The hot path: every line here is paid on every call (benchmarks/bench_jit.py).
+        # Positional arrays and memoised Modules only: ~1 µs of Python on top of jax.jit.
+        if kwargs or self._fun_is_module:
+            return self._call(args, kwargs)
+        key = [()]
+        arrays: list[Any] = []
+        for a in args:
+            t = type(a)
+            if t in _CONCRETE_ARRAY_TYPES:
+                key.append(_ARRAY_ID)
+                arrays.append(a)
+            elif t in MODULE_TYPES and (memo := a.__dict__.get(_JIT_MEMO)) is not None:
+                key.append(id(memo[0]))
+                arrays += memo[1]
+            else:
+                return self._call(args, kwargs)
+        entry = self._cache.get(tuple(key))
+        if entry is None:
+            return self._call(args, kwargs)
+        try:
+            out = entry.fn(*arrays)
+        except _OutputStaticChanged:
+            return self._call(args, kwargs)
+        return entry.finish(out)
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The general path: any arguments, first calls, and boxed outputs."""
+        key, arrays, parts = self._key(args, kwargs)
         entry = self._cache.get(key)
         if entry is None:
-            entry = self._new_entry(key)
+            entry = self._new_entry(key, parts, len(args))
         try:
-            if self._donate in ("all", "all-except-first"):
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-                    out = entry.fn(*arrays)
-            else:
-                out = entry.fn(*arrays)
-        except _OutputStaticChanged:
-            self._box(entry, key)
             out = entry.fn(*arrays)
-        if entry.boxed:
-            return out.static.rebuild(out.arrays)
-        return entry.out_static.rebuild(out)  # type: ignore[union-attr]
+        except _OutputStaticChanged:
+            self._box(entry)
+            out = entry.fn(*arrays)
+        return entry.finish(out)
 
-    def _new_entry(self, key: Any) -> _Entry:
+    def _new_entry(self, key: tuple[Any, ...], parts: list[Any], num_args: int) -> _Entry:
         with self._lock:
             entry = self._cache.get(key)
             if entry is None:
                 entry = _Entry()
-                entry.fn = self._jit(key, entry)
+                entry.call = (tuple(parts), num_args, key[0])
+                entry.fn = self._jit(entry)
                 self._cache[key] = entry
         return entry
 
-    def _box(self, entry: _Entry, key: Any) -> None:
+    def _box(self, entry: _Entry) -> None:
         with self._lock:
             if not entry.boxed:
                 entry.boxed = True
-                entry.fn = self._jit(key, entry)
+                entry.finish = _unbox
+                entry.fn = self._jit(entry)
 
-    def _jit(self, key: Any, entry: _Entry) -> Any:
+    def _jit(self, entry: _Entry) -> Any:
+        key = entry.call
         statics, num_args, kwnames = key
         donate_argnums: tuple[int, ...] = ()
         total = sum(s.num_arrays for s in statics)
@@ -323,14 +367,30 @@ class _JitWrapper:
             with self._lock:
                 if entry.out_static is None:
                     entry.out_static = out_static
+                    # A C-level itemgetter for the common single-array output.
+                    entry.finish = operator.itemgetter(0) if out_static.bare else out_static.rebuild
                 elif entry.out_static != out_static:
                     raise _OutputStaticChanged
             return out_arrays
 
-        return jax.jit(traced, donate_argnums=donate_argnums, **self._jitkwargs)
+        jitted = jax.jit(traced, donate_argnums=donate_argnums, **self._jitkwargs)
+        if not self._quiet_donation:
+            return jitted
+
+        @functools.wraps(jitted)
+        def quietly(*arrays: Any) -> Any:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+                return jitted(*arrays)
+
+        quietly.lower = jitted.lower  # type: ignore[attr-defined]
+        return quietly
 
     def _labels(self, key: Any) -> list[str]:
         statics, num_args, kwnames = key
+        return self._labels_for(num_args, kwnames)
+
+    def _labels_for(self, num_args: int, kwnames: tuple[str, ...]) -> list[str]:
         labels = ["fun"] if self._fun_is_module else []
         labels += [f"args[{i}]" for i in range(num_args)]
         labels += [f"kwargs[{n!r}]" for n in kwnames]
@@ -338,8 +398,8 @@ class _JitWrapper:
 
     def lower(self, *args: Any, **kwargs: Any) -> _Lowered:
         """Trace and lower for these arguments without running: `jax.jit(...).lower`."""
-        key, arrays = self._key(args, kwargs)
-        entry = self._cache.get(key) or self._new_entry(key)
+        key, arrays, parts = self._key(args, kwargs)
+        entry = self._cache.get(key) or self._new_entry(key, parts, len(args))
         return _Lowered(self, key, entry, entry.fn.lower(*arrays))
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
@@ -382,17 +442,14 @@ class _Compiled:
         return self.compiled.cost_analysis()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key, arrays = self._wrapper._key(args, kwargs)
+        key, arrays, _ = self._wrapper._key(args, kwargs)
         if key != self._key:
             raise TypeError(
                 "This compiled function was lowered for arguments with other static values or "
                 "structure. Call `.lower(...)` again with these arguments, or use the "
                 "filter_jit function itself, which compiles as needed."
             )
-        out = self.compiled(*arrays)
-        if self._entry.boxed:
-            return out.static.rebuild(out.arrays)
-        return self._entry.out_static.rebuild(out)  # type: ignore[union-attr]
+        return self._entry.finish(self.compiled(*arrays))
 
 
 def filter_jit(fun: Callable[..., Any] | None = None, *, donate: str = "none", **jitkwargs: Any) -> Any:

@@ -33,6 +33,10 @@ _T = TypeVar("_T")
 # attributes may be assigned. Per-instance, so construction is thread-safe.
 _INITIALISING = "__larix_initialising__"
 
+# Every Module subclass: `type(x) in MODULE_TYPES` is a set lookup, where isinstance() on an
+# ABCMeta class runs Python code. Used on filter_jit's per-call path.
+MODULE_TYPES: set[type] = set()
+
 
 def field(*, converter: Callable[[Any], Any] | None = None, static: bool = False, **kwargs: Any) -> Any:
     """Declare a Module field, like `dataclasses.field` with two more options.
@@ -209,6 +213,7 @@ class _ModuleMeta(abc.ABCMeta):
             getattr(b, "_larix_custom_init", False) for b in bases if isinstance(b, _ModuleMeta)
         )
         cls._larix_custom_init = custom_init
+        MODULE_TYPES.add(cls)
         dataclasses.dataclass(eq=False, repr=False, frozen=True, init=not custom_init)(cls)
         # The dataclass machinery installs a frozen __setattr__; ours (on Module) also allows
         # assignment during __init__ and explains the fix, so remove the generated ones.
@@ -312,7 +317,8 @@ def _warn_on_suspicious_fields(cls: Any, d: dict[str, Any]) -> None:
             )
     for f in cls._larix_fields:
         value = d[f.name]
-        if callable(value) and not isinstance(value, (Module, types.FunctionType)) and _wraps_module(value):
+        # Not skipping plain functions: jax.vmap and jax.grad return them.
+        if callable(value) and not isinstance(value, Module) and _wraps_module(value):
             warnings.warn(
                 f"{cls.__name__}.{f.name} holds a JAX-transformed callable that wraps a Module "
                 "or one of its methods. Its parameters are hidden from the tree, so they will "

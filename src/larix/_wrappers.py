@@ -16,7 +16,16 @@ from ._module import Module, module_update_wrapper
 from ._partial import Partial
 from ._paths import python_path
 
-__all__ = ["TransformWrapper", "argument_path", "check_callable", "wrap"]
+__all__ = [
+    "Box",
+    "TransformWrapper",
+    "argument_path",
+    "check_callable",
+    "describe",
+    "first_argument",
+    "split_aux",
+    "wrap",
+]
 
 
 class TransformWrapper(Module):
@@ -57,3 +66,53 @@ def argument_path(path: tuple[Any, ...]) -> str:
     first = path[0]
     root = "args" if isinstance(first, jtu.SequenceKey) and first.idx == 0 else "kwargs"
     return python_path(path[1:], root)
+
+
+class Box:
+    """Carries the non-array part of an output from inside a JAX transform to outside it.
+
+    JAX transforms only return arrays. The function they trace stores everything else
+    here; tracing runs synchronously inside the transform's call, so it is set on return.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+
+def first_argument(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Any:
+    """The argument that `larix.<name>` differentiates: the first positional one."""
+    if args:
+        return args[0]
+    if kwargs:
+        raise TypeError(
+            f"larix.{name}: the function was called with keyword arguments only "
+            f"({', '.join(kwargs)}). It differentiates with respect to the first *positional* "
+            "argument, so pass that one by position: `grad_fn(model, x=x)`, not "
+            "`grad_fn(model=model, x=x)`."
+        )
+    raise TypeError(
+        f"larix.{name}: the function was called without arguments. It differentiates with "
+        "respect to its first positional argument: call it as `grad_fn(model, ...)`. To "
+        "differentiate several objects, pack them into one tuple: `grad_fn((model, x))`."
+    )
+
+
+def split_aux(out: Any, name: str) -> tuple[Any, Any]:
+    """Check that a `has_aux=True` function returned a pair."""
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(
+            f"larix.{name}(..., has_aux=True): the function must return a pair "
+            f"`(output, aux)`, but it returned {describe(out)}."
+        )
+    return out
+
+
+def describe(x: Any) -> str:
+    """A short description of a leaf for error messages."""
+    if hasattr(x, "dtype") and hasattr(x, "shape"):
+        return f"a {x.dtype} array of shape {tuple(x.shape)}"
+    text = repr(x)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{type(x).__name__} {text}"

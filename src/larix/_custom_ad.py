@@ -1,0 +1,275 @@
+"""Custom derivative rules for functions of any pytrees: filter_custom_jvp, filter_custom_vjp."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jax.custom_derivatives import SymbolicZero
+
+from ._filters import is_array, is_inexact_array
+from ._partition import combine, partition
+from ._wrappers import Box, check_callable
+
+__all__ = ["filter_custom_jvp", "filter_custom_vjp"]
+
+
+def _zero_tangent(primal: Any) -> Any:
+    if jnp.issubdtype(primal.dtype, jnp.inexact):
+        return jnp.zeros(primal.shape, primal.dtype)
+    return np.zeros(primal.shape, jax.dtypes.float0)  # what JAX expects for integer outputs
+
+
+def _fill_tangents(name: str, rule: str, what: str, out: Any, tangents: Any) -> Any:
+    """`tangents` (output structure, `None` = zero) as a full tree of JAX tangents."""
+    leaves, treedef = jtu.tree_flatten(out)
+    try:
+        given = treedef.flatten_up_to(tangents)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"larix.{name}: the {rule} rule returned {what} with structure "
+            f"{jtu.tree_structure(tangents)}, but it must have the output's structure "
+            f"{treedef} (with None for zero)."
+        ) from None
+    filled = [
+        _zero_tangent(p) if t is None or not jnp.issubdtype(p.dtype, jnp.inexact) else t
+        for p, t in zip(leaves, given)
+    ]
+    return treedef.unflatten(filled)
+
+
+def _check_outputs(name: str, out: Any) -> None:
+    for leaf in jtu.tree_leaves(out):
+        if not is_array(leaf):
+            raise TypeError(
+                f"larix.{name}: the function returned {leaf!r}, but a function with a custom "
+                "derivative must return arrays (or pytrees of arrays) only. Return the "
+                "non-array values from a function that calls this one."
+            )
+
+
+class filter_custom_jvp:  # noqa: N801 - a decorator, named like jax.custom_jvp
+    """Give a function of any pytrees a custom JVP rule: `jax.custom_jvp` without `nondiff_argnums`.
+
+    The floating-point arrays of the positional arguments can be differentiated; every
+    other leaf (integer arrays, Python numbers, functions) is passed through, with `None`
+    as its tangent. Keyword arguments are never differentiated. The function must return
+    arrays (or pytrees of arrays).
+
+    Define the rule with `@f.def_jvp`. It is called as `fn_jvp(primals, tangents, **kwargs)`
+    where `primals` is the tuple of positional arguments and `tangents` has the same
+    structure, with `None` for every leaf that is not differentiated (including
+    floating-point arrays that happen not to be perturbed). It returns
+    `(output, tangent_out)`; `None` in `tangent_out` stands for a zero tangent.
+
+    **Arguments:**
+
+    - `fn`: the function.
+
+    !!! example
+        ```python
+        >>> import jax.numpy as jnp, larix
+        >>> @larix.filter_custom_jvp
+        ... def apply(x, y, *, fn):
+        ...     return fn(x, y)
+        >>> @apply.def_jvp
+        ... def apply_jvp(primals, tangents, *, fn):
+        ...     x, y = primals
+        ...     tx, ty = tangents  # ty is None: `y` is not differentiated below
+        ...     return apply(x, y, fn=fn), 2.0 * tx
+        >>> larix.filter_grad(apply)(jnp.array(1.0), jnp.array(5.0), fn=lambda a, b: a * b)
+        Array(2., dtype=float32, weak_type=True)
+
+        ```
+    """
+
+    def __init__(self, fn: Callable[..., Any]):
+        check_callable(fn, "filter_custom_jvp", "")
+        self.fn = fn
+        self.fn_jvp: Callable[..., Any] | None = None
+        self.__wrapped__ = fn
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            if hasattr(fn, attr):
+                setattr(self, attr, getattr(fn, attr))
+
+    def def_jvp(self, fn_jvp: Callable[..., Any]) -> Callable[..., Any]:
+        """Register `fn_jvp(primals, tangents, **kwargs) -> (output, tangent_out)`; returns it."""
+        check_callable(fn_jvp, "filter_custom_jvp.def_jvp", "")
+        self.fn_jvp = fn_jvp
+        return fn_jvp
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.fn_jvp is None:
+            raise TypeError(
+                f"larix.filter_custom_jvp: {getattr(self.fn, '__name__', 'the function')} has no "
+                "JVP rule. Define one with `@f.def_jvp` before calling it."
+            )
+        fn, fn_jvp = self.fn, self.fn_jvp
+        arg_leaves, arg_def = jtu.tree_flatten(args)
+        dynamic = [i for i, x in enumerate(arg_leaves) if is_array(x)]
+        kw_dynamic, kw_static = partition(kwargs, is_array)
+
+        def rebuild(values: list[Any], kw: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            leaves = list(arg_leaves)
+            for i, v in zip(dynamic, values):
+                leaves[i] = v
+            return arg_def.unflatten(leaves), combine(kw, kw_static)
+
+        def primal(values: list[Any], kw: Any) -> Any:
+            call_args, call_kwargs = rebuild(values, kw)
+            out = fn(*call_args, **call_kwargs)
+            _check_outputs("filter_custom_jvp", out)
+            return out
+
+        def rule(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
+            values, kw = primals
+            call_args, call_kwargs = rebuild(values, kw)
+            arg_tangents: list[Any] = [None] * len(arg_leaves)
+            for i, v, t in zip(dynamic, values, tangents[0]):
+                if not isinstance(t, SymbolicZero) and is_inexact_array(v):
+                    arg_tangents[i] = t
+            out, tangent_out = fn_jvp(call_args, arg_def.unflatten(arg_tangents), **call_kwargs)
+            return out, _fill_tangents("filter_custom_jvp", "JVP", "a tangent", out, tangent_out)
+
+        custom = jax.custom_jvp(primal)
+        custom.defjvp(rule, symbolic_zeros=True)
+        return custom([arg_leaves[i] for i in dynamic], kw_dynamic)
+
+
+class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
+    """Give a function of any pytrees a custom VJP rule, differentiating its first argument only.
+
+    The decorated function is `fn(vjp_arg, *args, **kwargs)`. Only the floating-point
+    arrays of `vjp_arg` are differentiated; every other argument gets a zero gradient, so
+    pack what needs gradients into `vjp_arg` (a tuple if several). Outputs must be arrays.
+
+    Register the forward and backward passes with `@f.def_fwd` and `@f.def_bwd`:
+
+    - `fn_fwd(perturbed, vjp_arg, *args, **kwargs) -> (output, residuals)`: `perturbed`
+      has the structure of `vjp_arg`, `True` at each leaf being differentiated, `False`
+      elsewhere. `residuals` is any pytree kept for the backward pass.
+    - `fn_bwd(residuals, grad_output, perturbed, vjp_arg, *args, **kwargs) -> grad_vjp_arg`:
+      `grad_output` has the output's structure, `None` for leaves with no cotangent. Return
+      a tree of `vjp_arg`'s structure, `None` for zero (e.g. at non-array leaves).
+
+    All forward-pass inputs are passed to the backward pass again for convenience.
+
+    **Arguments:**
+
+    - `fn`: the function.
+
+    !!! example
+        ```python
+        >>> import jax.numpy as jnp, larix
+        >>> @larix.filter_custom_vjp
+        ... def clip_gradient(x, bound):
+        ...     return x
+        >>> @clip_gradient.def_fwd
+        ... def fwd(perturbed, x, bound):
+        ...     return x, None
+        >>> @clip_gradient.def_bwd
+        ... def bwd(residuals, grad_out, perturbed, x, bound):
+        ...     return jnp.clip(grad_out, -bound, bound)
+        >>> larix.filter_grad(lambda x: 10.0 * clip_gradient(x, 1.0))(jnp.array(3.0))
+        Array(1., dtype=float32, weak_type=True)
+
+        ```
+    """
+
+    def __init__(self, fn: Callable[..., Any]):
+        check_callable(fn, "filter_custom_vjp", "")
+        self.fn = fn
+        self.fn_fwd: Callable[..., Any] | None = None
+        self.fn_bwd: Callable[..., Any] | None = None
+        self.__wrapped__ = fn
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            if hasattr(fn, attr):
+                setattr(self, attr, getattr(fn, attr))
+
+    def def_fwd(self, fn_fwd: Callable[..., Any]) -> Callable[..., Any]:
+        """Register `fn_fwd(perturbed, vjp_arg, *args, **kwargs) -> (out, residuals)`; returns it."""
+        check_callable(fn_fwd, "filter_custom_vjp.def_fwd", "")
+        self.fn_fwd = fn_fwd
+        return fn_fwd
+
+    def def_bwd(self, fn_bwd: Callable[..., Any]) -> Callable[..., Any]:
+        """Register `fn_bwd(residuals, grad_out, perturbed, vjp_arg, *args, **kwargs)`; returns it."""
+        check_callable(fn_bwd, "filter_custom_vjp.def_bwd", "")
+        self.fn_bwd = fn_bwd
+        return fn_bwd
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        name = getattr(self.fn, "__name__", "the function")
+        if self.fn_fwd is None or self.fn_bwd is None:
+            missing = " and ".join(d for d, f in (("def_fwd", self.fn_fwd), ("def_bwd", self.fn_bwd)) if f is None)
+            raise TypeError(
+                f"larix.filter_custom_vjp: {name} has no rule registered with {missing}. "
+                "Define both with `@f.def_fwd` and `@f.def_bwd` before calling it."
+            )
+        if not args:
+            raise TypeError(
+                f"larix.filter_custom_vjp: {name} must be called with the argument to "
+                "differentiate first, by position: `f(vjp_arg, *args, **kwargs)`."
+            )
+        fn, fn_fwd, fn_bwd = self.fn, self.fn_fwd, self.fn_bwd
+        leaves, treedef = jtu.tree_flatten((args[0], args[1:], kwargs))
+        vjp_def = jtu.tree_structure(args[0])
+        n_vjp = vjp_def.num_leaves
+        diff = [i for i in range(n_vjp) if is_inexact_array(leaves[i])]
+        other = [i for i, x in enumerate(leaves) if is_array(x) and not (i < n_vjp and is_inexact_array(x))]
+        out_static, residual_static, perturbed_box = Box(), Box(), Box()
+
+        def rebuild(diff_values: list[Any], other_values: list[Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+            new = list(leaves)
+            for i, v in zip(diff, diff_values):
+                new[i] = v
+            for i, v in zip(other, other_values):
+                new[i] = v
+            return treedef.unflatten(new)
+
+        def primal(diff_values: list[Any], other_values: list[Any]) -> Any:
+            vjp_arg, rest, kw = rebuild(diff_values, other_values)
+            out = fn(vjp_arg, *rest, **kw)
+            _check_outputs("filter_custom_vjp", out)
+            return out
+
+        def fwd(diff_primals: list[Any], other_primals: list[Any]) -> tuple[Any, Any]:
+            diff_values = [p.value for p in diff_primals]
+            other_values = [p.value for p in other_primals]
+            flags = [False] * n_vjp
+            for i, p in zip(diff, diff_primals):
+                flags[i] = p.perturbed
+            perturbed_box.value = vjp_def.unflatten(flags)
+            vjp_arg, rest, kw = rebuild(diff_values, other_values)
+            out, residuals = fn_fwd(perturbed_box.value, vjp_arg, *rest, **kw)
+            _check_outputs("filter_custom_vjp", out)
+            residual_dynamic, residual_static.value = partition(residuals, is_array)
+            return out, (residual_dynamic, diff_values, other_values)
+
+        def bwd(saved: Any, grad_out: Any) -> tuple[list[Any], list[Any]]:
+            residual_dynamic, diff_values, other_values = saved
+            vjp_arg, rest, kw = rebuild(diff_values, other_values)
+            residuals = combine(residual_dynamic, residual_static.value)
+            grad_out = jtu.tree_map(
+                lambda g: None if isinstance(g, SymbolicZero) or g.dtype == jax.dtypes.float0 else g,
+                grad_out,
+                is_leaf=lambda g: isinstance(g, SymbolicZero),
+            )
+            grad = fn_bwd(residuals, grad_out, perturbed_box.value, vjp_arg, *rest, **kw)
+            try:
+                grad_leaves = vjp_def.flatten_up_to(grad)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f"larix.filter_custom_vjp: the backward rule of {name} returned a gradient "
+                    f"with structure {jtu.tree_structure(grad)}, but it must have the structure "
+                    f"of the first argument, {vjp_def} (with None for zero)."
+                ) from None
+            return [grad_leaves[i] for i in diff], [None] * len(other)
+
+        custom = jax.custom_vjp(primal)
+        custom.defvjp(fwd, bwd, symbolic_zeros=True)
+        return custom([leaves[i] for i in diff], [leaves[i] for i in other])
