@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax.numpy as jnp
-from harness import Case, Plot, Settings
 
 import larix
+from harness import Case, Plot, Settings
 
 SIZES = (0, 100, 1_000, 10_000, 100_000)
 GOAL_N = 100_000

@@ -221,7 +221,7 @@ class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
         n_vjp = vjp_def.num_leaves
         diff = [i for i in range(n_vjp) if is_inexact_array(leaves[i])]
         other = [i for i, x in enumerate(leaves) if is_array(x) and not (i < n_vjp and is_inexact_array(x))]
-        out_static, residual_static, perturbed_box = Box(), Box(), Box()
+        residual_static, perturbed_box = Box(), Box()
 
         def rebuild(diff_values: list[Any], other_values: list[Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
             new = list(leaves)

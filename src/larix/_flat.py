@@ -326,6 +326,8 @@ def _memoisable(node: Any) -> bool:
     if t in _LEAF_TYPES or node is None:
         return True
     if isinstance(node, tuple):
+        if set(map(type, node)) <= _LEAF_TYPES:  # C-level: a tuple of plain leaves
+            return True
         return all(type(c) in _LEAF_TYPES or _memoisable(c) for c in node)
     if isinstance(node, Module):
         d = node.__dict__

@@ -9,6 +9,7 @@ part recorded at trace time. Nothing here waits for the device.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import threading
 import warnings
@@ -36,22 +37,31 @@ _CONCRETE_ARRAY_TYPES = (type(jax.numpy.zeros(0)), np.ndarray)
 class _Static:
     """The static part of one argument (or output): structure, static leaves, array slots."""
 
-    __slots__ = ("__weakref__", "_hash", "bare", "memoisable", "num_arrays", "positions", "statics", "template", "treedef")
+    __slots__ = (
+        "__weakref__",
+        "_hash",
+        "bare",
+        "memoisable",
+        "num_arrays",
+        "positions",
+        "template",
+        "treedef",
+        "types",
+        "values",
+    )
 
-    def __init__(self, treedef: Any, leaves: list[Any], positions: tuple[int, ...], memoisable: bool):
+    def __init__(self, treedef: Any, template: list[Any], positions: tuple[int, ...], memoisable: bool):
+        # `template` holds the leaves with None in the array slots `positions`.
         self.treedef = treedef
+        self.template = template
         self.positions = positions
         self.num_arrays = len(positions)
         self.bare = treedef.num_nodes == 1 and len(positions) == 1
-        template = list(leaves)
-        for p in positions:
-            template[p] = None
-        self.template = template
-        array_slots = set(positions)
-        # Types too: 1, 1.0 and True are equal and hash alike, but must not share a trace.
-        self.statics = tuple((type(x), x) for i, x in enumerate(leaves) if i not in array_slots)
         self.memoisable = memoisable
-        self._hash = hash((treedef, positions, self.statics))
+        self.values = tuple(template)
+        # Types too: 1, 1.0 and True are equal and hash alike, but must not share a trace.
+        self.types = tuple(map(type, template))
+        self._hash = hash((treedef, positions, self.values))
 
     def rebuild(self, arrays: Any) -> Any:
         if self.bare:
@@ -69,7 +79,12 @@ class _Static:
             return True
         if not isinstance(other, _Static) or self._hash != other._hash:
             return False
-        return self.positions == other.positions and self.treedef == other.treedef and self.statics == other.statics
+        return (
+            self.positions == other.positions
+            and self.types == other.types
+            and self.values == other.values
+            and self.treedef == other.treedef
+        )
 
 
 _INTERNED: weakref.WeakValueDictionary[_Static, _Static] = weakref.WeakValueDictionary()
@@ -90,12 +105,24 @@ def _intern(static: _Static) -> _Static:
 
 def _make_static(x: Any, where: str, memoise: bool) -> tuple[_Static, tuple[Any, ...]]:
     leaves, treedef = jtu.tree_flatten(x)
-    positions = tuple(i for i, leaf in enumerate(leaves) if is_array(leaf))
+    # Decide "array or not" once per leaf *type*, and select with C-level map/compress:
+    # 10x faster than calling is_array per leaf at 100k leaves (benchmarks: first call).
+    leaf_types = list(map(type, leaves))
+    examples = dict(zip(leaf_types, leaves))
+    array_types = {t for t, leaf in examples.items() if is_array(leaf)}
+    if array_types:
+        positions = tuple(itertools.compress(range(len(leaves)), map(array_types.__contains__, leaf_types)))
+        arrays = tuple(leaves[p] for p in positions)
+        template = leaves  # leaves is our own list: reuse it
+        for p in positions:
+            template[p] = None
+    else:
+        positions, arrays, template = (), (), leaves
     try:
-        static = _Static(treedef, leaves, positions, memoise and _memoisable(x))
+        static = _Static(treedef, template, positions, memoise and _memoisable(x))
     except TypeError:
         raise _unhashable_error(x, where) from None
-    return static, tuple(leaves[p] for p in positions)
+    return static, arrays
 
 
 def _unhashable_error(x: Any, where: str) -> TypeError:
@@ -134,7 +161,7 @@ def _unhashable_error(x: Any, where: str) -> TypeError:
     return TypeError(f"filter_jit: {where} contains an unhashable static value.")
 
 
-_ARRAY_STATIC = _intern(_Static(jtu.tree_structure(0), [0], (0,), False))
+_ARRAY_STATIC = _intern(_Static(jtu.tree_structure(0), [None], (0,), False))
 _ARRAY_ID = id(_ARRAY_STATIC)
 
 

@@ -47,6 +47,18 @@ def _mask(spec: Any, leaves: Sequence[Any], paths: Sequence[str] | None, where: 
     )
 
 
+def _check_spec_leaves(spec: Any, spec_leaves: list[Any]) -> None:
+    """Reject a spec leaf that is neither a bool nor a callable, even if no leaf reaches it."""
+    for k, s in enumerate(spec_leaves):
+        if not (isinstance(s, bool) or callable(s)):
+            path = jtu.tree_flatten_with_path(spec)[0][k][0]
+            where = python_path(path, "filter_spec") if path else "the root of the filter spec"
+            raise ValueError(
+                f"Invalid filter spec at {where}: {s!r}. A filter spec consists of bools and "
+                "callables `leaf -> bool` (or a pytree prefix of the tree with those as leaves)."
+            )
+
+
 def _uses_path(spec: Any) -> bool:
     return any(isinstance(s, Filter) and s.uses_path for s in jtu.tree_leaves(spec))
 
@@ -66,10 +78,15 @@ def leaf_owners(
     owners = [len(filter_specs)] * n
     unassigned: list[int] | None = None  # None: all leaves (the common case, kept implicit)
     for i, spec in enumerate(filter_specs):
+        spec_leaves, spec_def = jtu.tree_flatten(spec)
+        _check_spec_leaves(spec, spec_leaves)
         todo = range(n) if unassigned is None else unassigned
         if not todo:
-            break
-        spec_leaves, spec_def = jtu.tree_flatten(spec)
+            # Every leaf is taken, but a later spec must still be a prefix of the tree:
+            # whether a bad spec raises must not depend on the values in the tree.
+            if not (spec_def.num_leaves == 1 and spec_def.num_nodes == 1):
+                _broadcast_prefix(spec, spec_leaves, spec_def, tree, is_leaf, i)
+            continue
         if spec_def.num_leaves == 1 and spec_def.num_nodes == 1:
             # The common case: one bool or callable for the whole tree.
             sub_leaves = leaves if unassigned is None else [leaves[j] for j in todo]

@@ -142,7 +142,7 @@ def _fresh_callables(changes: list[str], old: Any, new: Any, labels: list[str]) 
     for label, s_old, s_new in zip(labels, old[0][0], new[0][0]):
         if s_old is s_new or s_old.treedef != s_new.treedef:
             continue
-        for (_, a), (_, b) in zip(s_old.statics, s_new.statics):
+        for a, b in zip(s_old.values, s_new.values):
             code = getattr(a, "__code__", None)
             if a is not b and code is not None and code is getattr(b, "__code__", None):
                 found.append(f"{label} ({code.co_name} at {code.co_filename}:{code.co_firstlineno})")
