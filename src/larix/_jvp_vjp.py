@@ -69,8 +69,8 @@ def filter_jvp(
         ```python
         >>> import jax.numpy as jnp, larix
         >>> f = lambda x, label: (x ** 2, label)
-        >>> larix.filter_jvp(f, (jnp.array(3.0), "sq"), (jnp.array(1.0), None))
-        ((Array(9., dtype=float32), 'sq'), (Array(6., dtype=float32), None))
+        >>> larix.filter_jvp(f, (jnp.array([3.0]), "sq"), (jnp.array([1.0]), None))
+        ((Array([9.], dtype=float32), 'sq'), (Array([6.], dtype=float32), None))
 
         ```
     """
