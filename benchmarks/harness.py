@@ -21,7 +21,9 @@ How a case is timed:
 4. Timing: the cases of one `(section, n)` group are sampled in interleaved rounds (a sample
    of each case, then the next round, the order rotating), so a drift in the machine's speed
    hits a case and its baseline alike. Python's garbage collector is off while timing (as in
-   `timeit`); a collection runs between groups.
+   `timeit`); a collection runs between groups. When a case is fast enough that a sample
+   holds several calls, one untimed call precedes each sample, so the data its neighbours
+   evicted from the CPU caches is back (a sample measures the steady state).
 5. The reported figure is the median time per call over the samples, with its quartiles; the
    ratio is to the median of the baseline case (same section, same `n`) measured in the same
    process, in the same rounds.
@@ -54,7 +56,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["FULL", "QUICK", "Case", "Plot", "Result", "Settings", "missing_packages", "run_cases"]
+__all__ = [
+    "FULL",
+    "INSTALL_HINT",
+    "QUICK",
+    "Case",
+    "Plot",
+    "Result",
+    "Settings",
+    "block_overhead_ns",
+    "loop_overhead_ns",
+    "missing_packages",
+    "run_cases",
+]
 
 # Optional packages a case may need, and how to get them.
 INSTALL_HINT = "pip install 'larix[bench]'"
@@ -157,6 +171,10 @@ class Result:
     q3_ns: float | None = None
     samples: int = 0
     calls_per_sample: int = 0
+    #: Wall seconds spent building and warming up the case, and taking its samples (for
+    #: keeping the suite's running time in check; `cold` cases build in every sample).
+    setup_s: float = 0.0
+    sampling_s: float = 0.0
     ratio: float | None = None
 
     @property
@@ -183,9 +201,9 @@ def missing_packages(names: Iterable[str]) -> list[str]:
 # Timing
 
 
-# The concrete array type: `type(x) is ARRAY_TYPE` costs 30 ns where isinstance(x, jax.Array)
-# costs 370 ns and jax.block_until_ready(x) 2.5 µs more than x.block_until_ready() (measured
-# on the 2-core CPU machine, jax 0.10.2). This runs inside timed loops.
+# This runs inside timed loops, so it is kept cheap: `type(x) is _ARRAY_TYPE` costs 30 ns
+# where isinstance(x, jax.Array) costs 370 ns, and on a ready array x.block_until_ready()
+# costs 1.1 µs where jax.block_until_ready(x) costs 2.5 µs (2-core CPU machine, jax 0.10.2).
 _ARRAY_TYPE = type(jnp.zeros(()))
 
 
@@ -238,12 +256,14 @@ def _start(case: Case, settings: Settings) -> _Running:
         result.status = "skipped"
         result.note = f"{', '.join(missing)} not installed ({INSTALL_HINT})"
         return r
+    t0 = time.perf_counter()
     try:
         r.fn = case.make()
         if not case.cold:
             _warm_up(r, settings)
     except Exception as error:  # noqa: BLE001 - one broken case must not stop the suite
         _fail(r, error)
+    result.setup_s = time.perf_counter() - t0
     return r
 
 
@@ -271,13 +291,20 @@ def _fail(r: _Running, error: BaseException) -> None:
 
 def _take_sample(r: _Running) -> None:
     assert r.fn is not None
+    t0 = time.perf_counter()
     if r.case.cold:
         if r.times:  # the first sample uses the callable that _start made
             r.fn = r.case.make()
         gc.collect()  # collect the previous sample's garbage outside the timed call
         r.times.append(float(_one_sample(r.fn, 1, r.block)))
     else:
+        if r.calls > 1:
+            # One untimed call first: the group's other cases ran in between and may have
+            # evicted this one's data from the CPU caches (100k-leaf trees do). A sample
+            # measures the steady state; for calls slower than a sample this is negligible.
+            _one_sample(r.fn, 1, r.block)
         r.times.append(_one_sample(r.fn, r.calls, r.block) / r.calls)
+    r.result.sampling_s += time.perf_counter() - t0
 
 
 def _summarise(r: _Running) -> Result:
@@ -294,7 +321,10 @@ def _summarise(r: _Running) -> Result:
 
 def _time_group(group: list[Case], settings: Settings) -> list[Result]:
     """Time the cases of one (section, n) group in interleaved rounds."""
+    # Collect the previous group's garbage, then freeze what survives (imports, JAX's caches):
+    # a full collection of this process takes ~0.3 s, later ones only look at new objects.
     gc.collect()
+    gc.freeze()
     running = [_start(case, settings) for case in group]
     live = [r for r in running if r.fn is not None]
     steady = [r for r in live if not r.case.cold]
@@ -319,7 +349,6 @@ def _time_group(group: list[Case], settings: Settings) -> list[Result]:
             gc.enable()
     results = [_summarise(r) for r in running]
     del running, live, steady  # drop the trees and compiled functions before the next group
-    gc.collect()
     return results
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "format_n",
     "format_table",
     "format_time",
+    "format_timing",
     "machine_info",
     "plot_scaling",
     "write_json",
@@ -111,6 +112,23 @@ def format_table(results: Sequence[Result]) -> str:
     if notes:
         out += ["", "notes:", *(f"  [{where}] {note}" for note, where in notes.items())]
     return "\n".join(out)
+
+
+def format_timing(results: Sequence[Result], elapsed_s: float, slowest: int = 3) -> str:
+    """Where the suite's running time went: set-up vs sampling, and the slowest cases."""
+    setup = sum(r.setup_s for r in results)
+    sampling = sum(r.sampling_s for r in results)
+    ranked = sorted(results, key=lambda r: r.setup_s + r.sampling_s, reverse=True)[:slowest]
+    worst = ", ".join(
+        f"{r.section} / {r.case}"
+        + (f" N={format_n(r.n)}" if r.n is not None else "")
+        + f" {r.setup_s + r.sampling_s:.1f} s"
+        for r in ranked
+    )
+    return (
+        f"{len(results)} cases in {elapsed_s:.1f} s: {setup:.1f} s building and warming up, "
+        f"{sampling:.1f} s sampling; slowest: {worst}"
+    )
 
 
 # The machine ---------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     for message in messages:
         print(message)
     print(f"results:  {json_path}")
-    print(f"{len(results)} cases in {elapsed:.1f} s ({mode} mode)")
+    print(report.format_timing(results, elapsed))
     return 1 if any(r.status == "error" for r in results) else 0
 
 

@@ -39,6 +39,8 @@ from ._partition import filter as filter  # noqa: A004 - Equinox's name
 from ._partition import partition as partition
 from ._pformat import tree_pformat as tree_pformat
 from ._pformat import tree_pprint as tree_pprint
+from ._scan import Stacked as Stacked
+from ._scan import stack as stack
 from ._shapes import filter_eval_shape as filter_eval_shape
 from ._shapes import filter_make_jaxpr as filter_make_jaxpr
 from ._shard import filter_shard as filter_shard

@@ -129,7 +129,7 @@ class Skeleton:
     Call it (or use [`larix.merge`][]) to rebuild the tree from the dicts.
     """
 
-    __slots__ = ("__weakref__", "_hash", "keys", "num_parts", "owners", "treedef")
+    __slots__ = ("__weakref__", "_hash", "_memo_key", "keys", "num_parts", "owners", "treedef")
 
     def __init__(self, treedef: Any, keys: tuple[str, ...], owners: tuple[int, ...], num_parts: int):
         self.treedef = treedef
@@ -140,6 +140,9 @@ class Skeleton:
         #: how many dicts `merge` expects: the number of filter specs plus one
         self.num_parts = num_parts
         self._hash = hash((treedef, owners, num_parts))
+        # The filter specs that made this split, when hashable: `merge` uses them to give
+        # the Module it builds its split memo, so splitting it again costs O(1).
+        self._memo_key: Any = None
 
     def part_keys(self, part: int) -> list[str]:
         """The keys of dict number `part` (0-based), in flattening order."""
@@ -244,6 +247,7 @@ def split(tree: Any, *filter_specs: Any, is_leaf: Callable[[Any], bool] | None =
             dicts.append({keys[j]: everything.pop(keys[j]) for j, o in enumerate(owners) if o == part})
     dicts[largest] = everything
     skeleton = Skeleton(treedef, tuple(keys), tuple(owners), len(dicts))
+    skeleton._memo_key = _specs_key(filter_specs, is_leaf)
     if memo_key is not None and _memoisable(tree):
         tree.__dict__[_SPLIT_MEMO] = (memo_key, (skeleton, tuple(dict(d) for d in dicts)))
     return (skeleton, *dicts)
@@ -281,7 +285,10 @@ def merge(skeleton: Skeleton, *dicts: dict[str, Any]) -> Any:
         mismatch = True
     if mismatch:
         raise ValueError(_mismatch_message(skeleton, dicts))
-    return skeleton.treedef.unflatten(leaves)
+    tree = skeleton.treedef.unflatten(leaves)
+    if skeleton._memo_key is not None and isinstance(tree, Module) and _memoisable(tree):
+        tree.__dict__[_SPLIT_MEMO] = (skeleton._memo_key, (skeleton, tuple(dict(d) for d in dicts)))
+    return tree
 
 
 def _mismatch_message(skeleton: Skeleton, dicts: tuple[Any, ...]) -> str:

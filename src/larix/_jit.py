@@ -264,7 +264,10 @@ _DONATE = ("none", "all", "all-except-first", "warn", "warn-except-first")
 class _JitWrapper:
     def __init__(self, fun: Callable[..., Any], donate: str, jitkwargs: dict[str, Any]):
         self._fun = fun
-        self._fun_is_module = isinstance(fun, Module)
+        # A Module, bound method or other pytree callable: its arrays are traced too.
+        self._fun_is_module = isinstance(fun, Module) or (
+            jtu.is_tree_node(type(fun)) and any(is_array(leaf) for leaf in jtu.tree_leaves(fun))
+        )
         self._donate = donate
         self._quiet_donation = donate in ("all", "all-except-first")
         self._jitkwargs = jitkwargs

@@ -85,9 +85,10 @@ def _flat(doc: _Doc) -> str:
     return open_ + ", ".join(prefix + _flat(d) for prefix, d in items) + close
 
 
-def _render(doc: _Doc, indent: int, width: int, line_indent: int, column: int, out: list[str]) -> None:
+def _render(doc: _Doc, indent: int, width: int, line_indent: int, column: int, out: list[str], trailing: int = 0) -> None:
+    # `trailing`: characters that will follow on the same line (the comma after an item).
     flat = _flat(doc)
-    if isinstance(doc, str) or column + len(flat) <= width or not doc[1]:
+    if isinstance(doc, str) or column + len(flat) + trailing <= width or not doc[1]:
         out.append(flat)
         return
     open_, items, close = doc
@@ -95,7 +96,7 @@ def _render(doc: _Doc, indent: int, width: int, line_indent: int, column: int, o
     inner = line_indent + indent
     for prefix, item in items:
         out.append("\n" + " " * inner + prefix)
-        _render(item, indent, width, inner, inner + len(prefix), out)
+        _render(item, indent, width, inner, inner + len(prefix), out, trailing=1)
         out.append(",")
     out.append("\n" + " " * line_indent + close.lstrip(","))
 

@@ -97,7 +97,7 @@ def _diff_values(old: Any, new: Any, root: str) -> list[str]:
         path, why = found
         if why.startswith("static field changed: "):
             return [f"static field {python_path(path, root)} changed: {why.removeprefix('static field changed: ')}"]
-        return [f"the structure of {root} changed at {python_path(path, root)}: {why}"]
+        return [f"the structure changed at {python_path(path, root)} ({why}; before on the left)"]
     changes = []
     for (path, a), (_, b) in zip(old_leaves, new_leaves):
         where = python_path(path, root)

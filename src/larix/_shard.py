@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 import jax.tree_util as jtu
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
 from ._filters import is_array
 from ._paths import dotted_path, python_path, structure_mismatch
@@ -93,7 +93,7 @@ def filter_shard(x: Any, device_or_shardings: Any) -> Any:
         >>> params = {"w": jnp.ones((4, 2)), "act": "relu"}
         >>> placed = larix.filter_shard(params, NamedSharding(mesh, P("data")))
         >>> placed["w"].sharding.spec, placed["act"]
-        (PartitionSpec('data',), 'relu')
+        (P('data',), 'relu')
 
         ```
     """
@@ -105,16 +105,48 @@ def filter_shard(x: Any, device_or_shardings: Any) -> Any:
     arrays = [leaves[i] for i in slots]
     targets = [specs[i] for i in slots]
     if any(isinstance(a, jax.core.Tracer) for a in arrays):
-        # Inside a trace: a constraint on the compiled program's layout.
-        # with_sharding_constraint takes shardings, not devices.
-        targets = [SingleDeviceSharding(t) if isinstance(t, jax.Device) else t for t in targets]
-        placed = jax.lax.with_sharding_constraint(arrays, targets)
+        placed = _constrain(arrays, targets)
     else:
         # One device_put for the whole list: JAX batches the transfers.
         placed = jax.device_put(arrays, targets)
     for i, a in zip(slots, placed):
         leaves[i] = a
     return treedef.unflatten(leaves)
+
+
+def _explicit(s: Any) -> bool:
+    if isinstance(s, PartitionSpec):  # refers to the mesh of `jax.set_mesh`
+        return AxisType.Explicit in jax.sharding.get_abstract_mesh().axis_types
+    return isinstance(s, NamedSharding) and AxisType.Explicit in s.mesh.axis_types
+
+
+def _constrain(arrays: list[Any], targets: list[Any]) -> list[Any]:
+    """Inside a trace: constrain the compiled program's layout of `arrays`."""
+    # Two JAX primitives, one per kind of mesh axis (jax >= 0.7): with_sharding_constraint
+    # for Auto axes (the compiler propagates from the constraint; for Explicit axes it only
+    # asserts), and reshard for Explicit axes (sharding in types; it needs `jax.set_mesh`).
+    # jax.make_mesh builds Explicit axes by default, Mesh(devices, names) Auto ones.
+    out = list(arrays)
+    auto = [i for i, t in enumerate(targets) if not _explicit(t)]
+    explicit = [i for i, t in enumerate(targets) if _explicit(t)]
+    if auto:
+        # with_sharding_constraint takes shardings, not devices.
+        shardings = [targets[i] for i in auto]
+        shardings = [SingleDeviceSharding(t) if isinstance(t, jax.Device) else t for t in shardings]
+        for i, a in zip(auto, jax.lax.with_sharding_constraint([arrays[i] for i in auto], shardings)):
+            out[i] = a
+    if explicit:
+        if jax.sharding.get_abstract_mesh().empty:
+            raise ValueError(
+                "larix.filter_shard: inside a traced function, a NamedSharding on a mesh with "
+                "Explicit axes (the default of jax.make_mesh) needs that mesh to be set: run "
+                "the call under `with jax.set_mesh(mesh):`, or build the mesh with "
+                "axis_types=(jax.sharding.AxisType.Auto, ...) to let the compiler propagate "
+                "shardings from the constraint."
+            )
+        for i, a in zip(explicit, jax.sharding.reshard([arrays[i] for i in explicit], [targets[i] for i in explicit])):
+            out[i] = a
+    return out
 
 
 def _check_divisible(spec: PartitionSpec, leaf: Any, mesh: Mesh, path: str) -> None:
@@ -176,7 +208,7 @@ def named_shardings(
         >>> rule = lambda path, x: P("model") if x.ndim == 2 else P()
         >>> shardings = larix.named_shardings(params, mesh, rule)
         >>> shardings["w"].spec, shardings["b"].spec, shardings["act"]
-        (PartitionSpec('model',), PartitionSpec(), None)
+        (P('model',), P(), None)
 
         ```
     """

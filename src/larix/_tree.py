@@ -40,6 +40,12 @@ class _Slot:
 
     __getattr__ = __add__ = __radd__ = __mul__ = __rmul__ = __sub__ = __getitem__ = _refuse
     __bool__ = __len__ = __iter__ = __array__ = __float__ = __int__ = __index__ = _refuse
+    # Comparisons and the remaining arithmetic would otherwise give Python's own TypeError,
+    # or (`==`) quietly compare identities; `where` must not use values at all.
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __contains__ = _refuse
+    __rsub__ = __truediv__ = __rtruediv__ = __floordiv__ = __mod__ = __pow__ = _refuse
+    __matmul__ = __rmatmul__ = __neg__ = __pos__ = __abs__ = _refuse
+    __hash__ = object.__hash__
 
 
 class _WhereUsedValueError(Exception):

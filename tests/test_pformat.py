@@ -1,0 +1,193 @@
+"""Tests for larix._pformat: tree_pformat and tree_pprint."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import Box, Linear, Pair, make_linear, pytrees
+from hypothesis import given
+from hypothesis import strategies as st
+
+import larix
+
+
+@pytest.mark.parametrize(
+    ("array", "text"),
+    [
+        (jnp.zeros((3, 4)), "f32[3,4]"),
+        (jnp.zeros(()), "f32[]"),
+        (jnp.zeros((0, 2)), "f32[0,2]"),
+        (jnp.zeros(2, jnp.int32), "i32[2]"),
+        (jnp.zeros(2, jnp.uint8), "u8[2]"),
+        (jnp.zeros(2, jnp.int8), "i8[2]"),
+        (jnp.zeros(2, jnp.bool_), "bool[2]"),
+        (jnp.zeros(2, jnp.float16), "f16[2]"),
+        (jnp.zeros(2, jnp.bfloat16), "bf16[2]"),
+        (jnp.zeros(2, jnp.complex64), "c64[2]"),
+        (np.zeros((2, 1)), "f64[2,1](numpy)"),
+        (np.zeros(3, np.int64), "i64[3](numpy)"),
+        (np.float32(2.0), "f32[](numpy)"),
+    ],
+)
+def test_short_array_forms(array, text):
+    assert larix.tree_pformat(array) == text
+    assert larix.tree_pformat([array]) == f"[{text}]"
+
+
+def test_matches_equinox_on_common_cases():
+    eqx = pytest.importorskip("equinox")
+    Point = collections.namedtuple("Point", "x y")
+    for tree in (
+        {"w": jnp.zeros((3, 4)), "act": "relu"},
+        [1, (2,), (), [], {}, None, "s"],
+        Point(1, jnp.ones(2)),
+        functools.partial(max, 1, key=len),
+        jnp.zeros(2, jnp.bfloat16),
+        np.zeros(2),
+    ):
+        assert larix.tree_pformat(tree) == eqx.tree_pformat(tree)
+
+
+def test_containers():
+    assert larix.tree_pformat([]) == "[]"
+    assert larix.tree_pformat(()) == "()"
+    assert larix.tree_pformat({}) == "{}"
+    assert larix.tree_pformat((1,)) == "(1,)"
+    assert larix.tree_pformat((1, "a")) == "(1, 'a')"
+    assert larix.tree_pformat({"a": None, 3: [1.5]}) == "{'a': None, 3: [1.5]}"
+    Point = collections.namedtuple("Point", "x y")
+    assert larix.tree_pformat(Point(1, jnp.ones(2))) == "Point(x=1, y=f32[2])"
+
+
+def test_modules_dataclasses_and_bound_methods():
+    lin = make_linear()
+    assert larix.tree_pformat(lin) == "Linear(weight=f32[3,4], bias=f32[3], activation='identity')"
+    assert larix.tree_pformat(Pair(Box(1), [lin.bias])) == "Pair(a=Box(value=1, scale=1.0), b=[f32[3]], tag='pair')"
+    assert larix.tree_pformat(lin.scaled) == (
+        "Linear.scaled(self=Linear(weight=f32[3,4], bias=f32[3], activation='identity'))"
+    )
+
+    @dataclasses.dataclass
+    class Plain:
+        p: int
+        q: object
+        hidden: int = dataclasses.field(default=0, repr=False)
+
+    assert larix.tree_pformat(Plain(1, jnp.zeros((2, 3), jnp.int8))) == "Plain(p=1, q=i8[2,3])"
+    assert larix.tree_pformat(larix.Partial(max, 1)) == "Partial(func=<built-in function max>, args=(1,), keywords={})"
+
+
+def test_functions():
+    def local(x):
+        return x
+
+    assert larix.tree_pformat(jax.nn.relu) == "<function relu>"
+    assert larix.tree_pformat(jax.nn.gelu) == "<function gelu>"
+    assert larix.tree_pformat(local) == "<function test_functions.<locals>.local>"
+    assert larix.tree_pformat(jax.jit(local)) == "<wrapped function test_functions.<locals>.local>"
+    assert larix.tree_pformat(functools.partial(local, 1)) == (
+        "partial(<function test_functions.<locals>.local>, 1)"
+    )
+    assert larix.tree_pformat(Linear) == repr(Linear)
+
+
+def test_short_arrays_false_struct_as_array_and_truncate_leaf():
+    assert larix.tree_pformat([jnp.arange(3)], short_arrays=False) == "[Array([0, 1, 2], dtype=int32)]"
+    struct = jax.ShapeDtypeStruct((2, 3), jnp.float32)
+    assert larix.tree_pformat(struct) == repr(struct)
+    assert larix.tree_pformat(struct, struct_as_array=True) == "f32[2,3]"
+    text = larix.tree_pformat([make_linear(), 1], truncate_leaf=lambda x: isinstance(x, Linear))
+    assert text == "[Linear(...), 1]"
+
+
+def test_width_and_indent():
+    tree = {"a": [1, 2], "bb": Box(jnp.ones(2))}
+    assert larix.tree_pformat(tree) == "{'a': [1, 2], 'bb': Box(value=f32[2], scale=1.0)}"
+    # The line with 'bb' is 37 characters long, its trailing comma included.
+    assert larix.tree_pformat(tree, width=37) == (
+        "{\n"
+        "  'a': [1, 2],\n"
+        "  'bb': Box(value=f32[2], scale=1.0),\n"
+        "}"
+    )
+    # Regression: the trailing comma was not counted, so lines could be one too long.
+    assert larix.tree_pformat(tree, width=36) == (
+        "{\n"
+        "  'a': [1, 2],\n"
+        "  'bb': Box(\n"
+        "    value=f32[2],\n"
+        "    scale=1.0,\n"
+        "  ),\n"
+        "}"
+    )
+    assert larix.tree_pformat(tree, width=20, indent=4) == (
+        "{\n"
+        "    'a': [1, 2],\n"
+        "    'bb': Box(\n"
+        "        value=f32[2],\n"
+        "        scale=1.0,\n"
+        "    ),\n"
+        "}"
+    )
+    assert larix.tree_pformat((1,), width=1) == "(\n  1,\n)"
+
+
+def test_tree_pprint_prints(capsys):
+    larix.tree_pprint({"w": jnp.zeros(2)})
+    assert capsys.readouterr().out == "{'w': f32[2]}\n"
+    larix.tree_pprint([1, 2], width=3)
+    assert capsys.readouterr().out == "[\n  1,\n  2,\n]\n"
+
+
+def test_repr_of_partially_built_module_does_not_raise():
+    seen = []
+
+    class Talkative(larix.Module):
+        a: int
+        b: int
+
+        def __init__(self):
+            self.a = 1
+            seen.append(repr(self))
+            self.b = 2
+
+    Talkative()
+    assert seen == ["Talkative(a=1)"]
+
+
+def _normalise(text: str) -> str:
+    # Remove line breaks/indentation and the trailing commas that multi-line output adds.
+    return re.sub(r",([)\]}])", r"\1", re.sub(r"\s+", "", text))
+
+
+@given(pytrees, st.integers(1, 100), st.integers(0, 4), st.booleans())
+def test_pformat_never_raises_and_wrapping_only_changes_layout(tree, width, indent, short_arrays):
+    flat = larix.tree_pformat(tree, width=10**9, short_arrays=short_arrays)
+    wrapped = larix.tree_pformat(tree, width=width, indent=indent, short_arrays=short_arrays)
+    assert isinstance(wrapped, str)
+    if short_arrays:
+        assert "\n" not in flat
+    assert _normalise(wrapped) == _normalise(flat)
+
+
+@given(pytrees, st.integers(10, 60))
+def test_lines_fit_the_width_when_they_can(tree, width):
+    # A line may only exceed the width if it cannot be split: it holds no ", " between items.
+    for line in larix.tree_pformat(tree, width=width).split("\n"):
+        if len(line) > width:
+            body = line.strip().rstrip(",")
+            assert not re.search(r"[(\[{].*, .*[)\]}]", re.sub(r"'[^']*'", "''", body)), line
+
+
+@given(pytrees)
+def test_module_repr_is_pformat(tree):
+    box = Box(tree)
+    assert repr(box) == larix.tree_pformat(box)
+    assert repr(box).startswith("Box(")
