@@ -7,6 +7,7 @@ The Module classes live here, at module level, so that pickle can find them.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -27,7 +28,9 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.load_profile("larix")
+# `LARIX_HYPOTHESIS_PROFILE=thorough pytest ...` for a long bug hunt.
+settings.register_profile("thorough", parent=settings.get_profile("larix"), max_examples=1000)
+settings.load_profile(os.environ.get("LARIX_HYPOTHESIS_PROFILE", "larix"))
 
 
 class Pair(larix.Module):

@@ -9,6 +9,7 @@ the very same model (they import this module with `tests/` on `PYTHONPATH`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -65,11 +66,6 @@ class Linear(larix.Module):
     weight: jax.Array
     bias: jax.Array
 
-    def __init__(self, key: Any, n_in: int, n_out: int):
-        wkey, bkey = jax.random.split(key)
-        self.weight = jax.random.normal(wkey, (n_out, n_in)) / np.sqrt(n_in)
-        self.bias = 0.1 * jax.random.normal(bkey, (n_out,))
-
     def __call__(self, x: jax.Array) -> jax.Array:
         return x @ self.weight.T + self.bias
 
@@ -89,8 +85,15 @@ SIZES = (16, 32, 32, 8)  # every weight's first dimension divides by 4 and by 8
 
 
 def make_model(seed: int = 0) -> MLP:
-    keys = jax.random.split(jax.random.key(seed), len(SIZES) - 1)
-    return MLP(tuple(Linear(k, n_in, n_out) for k, n_in, n_out in zip(keys, SIZES[:-1], SIZES[1:])))
+    # NumPy's generator, not jax.random: eager JAX ops compile one by one, and the
+    # subprocesses of these tests start cold.
+    rng = np.random.default_rng(seed)
+    layers = []
+    for n_in, n_out in itertools.pairwise(SIZES):
+        weight = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
+        bias = 0.1 * rng.normal(size=(n_out,))
+        layers.append(Linear(jnp.asarray(weight, jnp.float32), jnp.asarray(bias, jnp.float32)))
+    return MLP(tuple(layers))
 
 
 def make_data(batch: int = 32, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -140,4 +143,6 @@ def train(model: MLP, x: Any, y: Any, steps: int, model_shardings: Any = None) -
 def parameters(model: MLP) -> dict[str, np.ndarray]:
     """The model's arrays as host NumPy arrays, keyed by path (this process's copy)."""
     _, arrays, _ = larix.split(model, larix.is_array)
-    return {k: np.asarray(v.addressable_data(0)) if isinstance(v, jax.Array) else np.asarray(v) for k, v in arrays.items()}
+    # An array of a multi-process mesh is not fully addressable; a replicated one holds the
+    # whole value on each of this process's devices.
+    return {k: np.asarray(v if v.is_fully_addressable else v.addressable_data(0)) for k, v in arrays.items()}

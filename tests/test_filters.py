@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Box, Pair, filters, leaves, spec_selects
 from hypothesis import given
 from hypothesis import strategies as st
 
 import larix
+from conftest import Box, Pair, filters, leaves, spec_selects
 
 
 class JaxArrayLike:

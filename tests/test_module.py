@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import pytest
-from conftest import Box, Linear, Pair, make_linear, pytrees, pytrees_no_arrays
 from hypothesis import given
 
 import larix
+from conftest import Box, Linear, Pair, make_linear, pytrees, pytrees_no_arrays
 
 # --------------------------------------------------------------------------- construction
 
@@ -189,7 +189,7 @@ def test_inherited_custom_init():
     assert c.w.shape == (3,)
     assert c.scale == 2.0
     assert inspect.signature(Child) == inspect.signature(Parent)
-    with pytest.raises(TypeError, match="Strict.__init__ did not set the field 'needed'"):
+    with pytest.raises(TypeError, match=r"Strict\.__init__ did not set the field 'needed'"):
         Strict(2)
 
 
@@ -283,9 +283,9 @@ def test_field_passes_dataclass_kwargs_and_keeps_metadata():
 def test_field_errors():
     with pytest.raises(TypeError, match=r"converter=\.\.\.\) must be callable"):
         larix.field(converter=3)
-    with pytest.raises(ValueError, match="pass `static=` to larix.field directly"):
+    with pytest.raises(ValueError, match=r"pass `static=` to larix\.field directly"):
         larix.field(metadata={"static": True})
-    with pytest.raises(ValueError, match="pass `converter=` to larix.field directly"):
+    with pytest.raises(ValueError, match=r"pass `converter=` to larix\.field directly"):
         larix.field(metadata={"converter": jnp.asarray})
 
 

@@ -7,6 +7,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import larix
 from conftest import (
     Box,
     Linear,
@@ -19,10 +23,6 @@ from conftest import (
     pytrees,
     spec_selects,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
-import larix
 from larix._partition import leaf_owners
 from larix._paths import dotted_path
 

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import pytest
-from conftest import Box, Linear, Pair, get_at, pytrees
 from hypothesis import given
 
+from conftest import Box, Linear, Pair, get_at, pytrees
 from larix._paths import dotted_path, entry_name, python_path, structure_mismatch
 
 A, D, S, F = jtu.GetAttrKey, jtu.DictKey, jtu.SequenceKey, jtu.FlattenedIndexKey

@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Box, Linear, Pair, make_linear, pytrees
 from hypothesis import given
 from hypothesis import strategies as st
 
 import larix
+from conftest import Box, Linear, Pair, make_linear, pytrees
 
 
 @pytest.mark.parametrize(
@@ -160,6 +160,25 @@ def test_repr_of_partially_built_module_does_not_raise():
 
     Talkative()
     assert seen == ["Talkative(a=1)"]
+
+
+def test_recursive_containers_print_as_recursive():
+    # Regression: a container holding itself raised RecursionError (Equinox prints it).
+    cyclic: list = [1]
+    cyclic.append(cyclic)
+    assert larix.tree_pformat(cyclic) == "[1, <recursive>]"
+    box = Box([])
+    box.value.append(box)
+    assert repr(box) == "Box(value=[<recursive>], scale=1.0)"
+    shared = [1, 2]  # shared but not cyclic: printed in full each time
+    assert larix.tree_pformat([shared, (shared,)]) == "[[1, 2], ([1, 2],)]"
+
+
+def test_recursive_matches_equinox():
+    eqx = pytest.importorskip("equinox")
+    cyclic: list = [1]
+    cyclic.append(cyclic)
+    assert larix.tree_pformat(cyclic) == eqx.tree_pformat(cyclic)
 
 
 def _normalise(text: str) -> str:

@@ -13,7 +13,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from ._filters import is_array, is_inexact_array
 from ._partition import combine, partition
-from ._wrappers import Box, check_callable
+from ._wrappers import Box, check_callable, leaves_up_to
 
 __all__ = ["filter_custom_jvp", "filter_custom_vjp"]
 
@@ -27,14 +27,13 @@ def _zero_tangent(primal: Any) -> Any:
 def _fill_tangents(name: str, rule: str, what: str, out: Any, tangents: Any) -> Any:
     """`tangents` (output structure, `None` = zero) as a full tree of JAX tangents."""
     leaves, treedef = jtu.tree_flatten(out)
-    try:
-        given = treedef.flatten_up_to(tangents)
-    except (ValueError, TypeError):
+    given = leaves_up_to(treedef, tangents)
+    if given is None:
         raise ValueError(
             f"larix.{name}: the {rule} rule returned {what} with structure "
             f"{jtu.tree_structure(tangents)}, but it must have the output's structure "
             f"{treedef} (with None for zero)."
-        ) from None
+        )
     filled = [
         _zero_tangent(p) if t is None or not jnp.issubdtype(p.dtype, jnp.inexact) else t
         for p, t in zip(leaves, given)
@@ -260,14 +259,13 @@ class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
                 is_leaf=lambda g: isinstance(g, SymbolicZero),
             )
             grad = fn_bwd(residuals, grad_out, perturbed_box.value, vjp_arg, *rest, **kw)
-            try:
-                grad_leaves = vjp_def.flatten_up_to(grad)
-            except (ValueError, TypeError):
+            grad_leaves = leaves_up_to(vjp_def, grad)
+            if grad_leaves is None:
                 raise ValueError(
                     f"larix.filter_custom_vjp: the backward rule of {name} returned a gradient "
                     f"with structure {jtu.tree_structure(grad)}, but it must have the structure "
                     f"of the first argument, {vjp_def} (with None for zero)."
-                ) from None
+                )
             return [grad_leaves[i] for i in diff], [None] * len(other)
 
         custom = jax.custom_vjp(primal)

@@ -14,32 +14,39 @@ from ._filters import is_array, is_inexact_array, is_inexact_array_like
 from ._module import Module, field
 from ._partition import combine, partition
 from ._paths import python_path, structure_mismatch
-from ._wrappers import Box, check_callable, describe, split_aux
+from ._wrappers import Box, check_callable, describe, leaves_up_to, split_aux
 
 __all__ = ["filter_jvp", "filter_vjp"]
+
+
+class _LeafOverSubtree(Exception):
+    def __init__(self, path: tuple[Any, ...], primal: Any):
+        self.path, self.primal = path, primal
 
 
 def _tangent_per_leaf(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> list[Any]:
     """The tangent of each leaf of `primals`: `None` in `tangents` covers a whole subtree."""
 
-    def expand(t: Any, p: Any) -> list[Any]:
+    def expand(path: tuple[Any, ...], t: Any, p: Any) -> list[Any]:
         if t is None:
             return [None] * len(jtu.tree_leaves(p))
         if jtu.treedef_is_leaf(jtu.tree_structure(p)):
             return [t]
-        raise ValueError  # a tangent leaf where the primals have a subtree
+        raise _LeafOverSubtree(path, p)
 
     try:
-        per_leaf = jtu.tree_map(expand, tangents, primals, is_leaf=lambda x: x is None)
+        per_leaf = jtu.tree_map_with_path(expand, tangents, primals, is_leaf=lambda x: x is None)
+    except _LeafOverSubtree as e:
+        where, why = e.path, f"one tangent for a whole {type(e.primal).__name__}"
     except ValueError:
         found = structure_mismatch(tangents, primals, is_leaf=lambda x: x is None, prefix=True)
         where, why = found if found is not None else ((), "a different structure")
-        raise ValueError(
-            f"larix.filter_jvp: `tangents` must have the structure of `primals` (with None "
-            f"for leaves that are not perturbed), but at {python_path(where, 'tangents')} "
-            f"there is {why}."
-        ) from None
-    return [t for group in jtu.tree_leaves(per_leaf, is_leaf=lambda x: isinstance(x, list)) for t in group]
+    else:
+        return [t for group in jtu.tree_leaves(per_leaf, is_leaf=lambda x: isinstance(x, list)) for t in group]
+    raise ValueError(
+        f"larix.filter_jvp: `tangents` must have the structure of `primals` (with None for "
+        f"leaves that are not perturbed), but at {python_path(where, 'tangents')} there is {why}."
+    )
 
 
 def filter_jvp(
@@ -121,14 +128,13 @@ class _VJPFunction(Module):
     _out_structs: tuple[jax.ShapeDtypeStruct, ...] = field(static=True)
 
     def __call__(self, cotangent: Any) -> Any:
-        try:
-            given = self._out_def.flatten_up_to(cotangent)
-        except (ValueError, TypeError):
+        given = leaves_up_to(self._out_def, cotangent)
+        if given is None:
             raise ValueError(
                 "larix.filter_vjp: the cotangent must have the structure of the output, with "
                 f"an array for each floating-point array and None elsewhere; expected "
                 f"{self._out_def}, got {jtu.tree_structure(cotangent)}."
-            ) from None
+            )
         filled = []
         for ct, struct in zip(given, self._out_structs):
             if ct is not None:

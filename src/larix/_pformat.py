@@ -42,8 +42,29 @@ def _function_name(fn: Any) -> str:
     return name if isinstance(name, str) else type(fn).__name__
 
 
-def _to_doc(x: Any, short_arrays: bool, struct_as_array: bool, truncate_leaf: Callable[[Any], bool]) -> _Doc:
-    recurse = functools.partial(_to_doc, short_arrays=short_arrays, struct_as_array=struct_as_array, truncate_leaf=truncate_leaf)
+def _to_doc(
+    x: Any, short_arrays: bool, struct_as_array: bool, truncate_leaf: Callable[[Any], bool], active: set[int] | None = None
+) -> _Doc:
+    # A container can hold itself (a list appended to itself, or to a Module it is a field
+    # of): print `<recursive>` there, as Equinox does, instead of recursing forever.
+    # `active` holds the ids of the nodes on the path from the root to `x`.
+    if active is None:
+        active = set()
+    if id(x) in active:
+        return "<recursive>"
+    active.add(id(x))
+    try:
+        recurse = functools.partial(
+            _to_doc, short_arrays=short_arrays, struct_as_array=struct_as_array, truncate_leaf=truncate_leaf, active=active
+        )
+        return _node_to_doc(x, recurse, short_arrays, struct_as_array, truncate_leaf)
+    finally:
+        active.discard(id(x))
+
+
+def _node_to_doc(
+    x: Any, recurse: Callable[[Any], _Doc], short_arrays: bool, struct_as_array: bool, truncate_leaf: Callable[[Any], bool]
+) -> _Doc:
     if truncate_leaf(x):
         return f"{type(x).__name__}(...)"
     if isinstance(x, (jax.Array, np.ndarray, np.generic)):

@@ -29,8 +29,9 @@ class Stacked(Module):
     Build one with [`larix.stack`][] (from an initialiser and N keys), or wrap a block that
     already has the layer axis, such as `larix.filter_vmap(make_block)(keys)`. Calling it
     feeds the input through block 0, then block 1, ...; the block is traced once, so a
-    model of 64 blocks compiles about as fast as a model of one. The blocks' static fields
-    and other non-array leaves are shared by all layers; their arrays are per layer.
+    model of 64 blocks compiles about as fast as a model of one. The blocks' arrays are per
+    layer; their static fields, other non-array leaves and 0-d arrays (which have no layer
+    axis: a Python float becomes one under `jax.jit`) are shared by all layers.
 
     **Fields:**
 
@@ -78,7 +79,7 @@ class Stacked(Module):
 
         **Returns:** the output of the last block.
         """
-        arrays, static = partition(self.block, is_array)
+        arrays, static = partition(self.block, _has_layer_axis)
 
         def step(carry: Any, layer_arrays: Any) -> tuple[Any, None]:
             layer = combine(layer_arrays, static)
@@ -100,7 +101,7 @@ class Stacked(Module):
         return _num_layers(self.block)
 
     def __getitem__(self, index: int | slice) -> Any:
-        arrays, static = partition(self.block, is_array)
+        arrays, static = partition(self.block, _has_layer_axis)
         if isinstance(index, slice):
             return Stacked(combine(jtu.tree_map(lambda a: a[index], arrays), static))
         n = len(self)
@@ -109,20 +110,20 @@ class Stacked(Module):
         return combine(jtu.tree_map(lambda a: a[index], arrays), static)
 
 
+def _has_layer_axis(leaf: Any) -> bool:
+    # 0-d arrays cannot hold one value per layer, so they are shared like static leaves. They
+    # appear when a whole model goes through jax.jit, which turns Python floats into arrays.
+    return is_array(leaf) and leaf.ndim > 0
+
+
 def _num_layers(block: Any) -> int:
     """The common leading axis of the arrays of `block`; errors name the array that differs."""
     n = None
     first = ""
     for path, leaf in jtu.tree_flatten_with_path(block)[0]:
-        if not is_array(leaf):
+        if not _has_layer_axis(leaf):
             continue
         where = python_path(path, "block")
-        if leaf.ndim == 0:
-            raise ValueError(
-                f"larix.Stacked: {where} is a scalar, but every array of a stacked block needs "
-                "a leading layer axis. Build the stacked block with larix.stack(make_block, "
-                "keys) or larix.filter_vmap(make_block)(keys), which add that axis."
-            )
         if n is None:
             n, first = leaf.shape[0], where
         elif leaf.shape[0] != n:
@@ -133,8 +134,10 @@ def _num_layers(block: Any) -> int:
             )
     if n is None:
         raise ValueError(
-            "larix.Stacked: the block has no arrays, so there is no layer axis to scan over. "
-            "A block without parameters can be applied N times with a Python loop."
+            "larix.Stacked: the block has no arrays with a leading layer axis, so there is "
+            "nothing to scan over. Build the stacked block with larix.stack(make_block, keys) "
+            "or larix.filter_vmap(make_block)(keys), which add that axis; a block without "
+            "parameters can be applied N times with a Python loop."
         )
     return n
 

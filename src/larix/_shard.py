@@ -34,7 +34,7 @@ def _leaf_specs(x: Any, leaves: list[Any], spec: Any) -> list[Any]:
     if _is_spec_leaf(spec):
         _check_spec_leaf(spec, ())
         return [spec] * len(leaves)
-    spec_leaves, spec_def = jtu.tree_flatten(spec, is_leaf=_is_spec_leaf)
+    spec_def = jtu.tree_structure(spec, is_leaf=_is_spec_leaf)
     try:
         subtrees = spec_def.flatten_up_to(x)
     except (ValueError, TypeError):

@@ -23,6 +23,7 @@ __all__ = [
     "check_callable",
     "describe",
     "first_argument",
+    "leaves_up_to",
     "split_aux",
     "wrap",
 ]
@@ -116,3 +117,18 @@ def describe(x: Any) -> str:
     text = repr(x)
     text = text if len(text) <= 60 else text[:57] + "..."
     return f"{type(x).__name__} {text}"
+
+
+def leaves_up_to(treedef: Any, tree: Any) -> list[Any] | None:
+    """The subtrees of `tree` at the leaves of `treedef`, which must each be a leaf or None.
+
+    For trees such as gradients and tangents that mirror an output leaf for leaf, with
+    `None` allowed anywhere. Returns None when `tree` does not have that structure.
+    """
+    try:
+        parts = treedef.flatten_up_to(tree)
+    except (ValueError, TypeError):
+        return None
+    if any(p is not None and not jtu.treedef_is_leaf(jtu.tree_structure(p)) for p in parts):
+        return None
+    return parts

@@ -1,0 +1,212 @@
+"""Tests for larix._custom_ad: filter_custom_jvp and filter_custom_vjp."""
+
+from __future__ import annotations
+
+import doctest
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import Linear, make_linear
+
+import larix
+from larix import _custom_ad
+
+# --------------------------------------------------------------------------- filter_custom_jvp
+
+
+def _make_apply():
+    seen = {}
+
+    @larix.filter_custom_jvp
+    def apply(x, y, *, fn):
+        return fn(x, y)
+
+    @apply.def_jvp
+    def apply_jvp(primals, tangents, *, fn):
+        x, y = primals
+        tx, ty = tangents
+        seen["tangents"] = (tx, ty)
+        # A deliberately "wrong" rule, so that the test sees the rule is used: d/dx = 2.
+        t_out = 2.0 * tx if tx is not None else None
+        return apply(x, y, fn=fn), t_out
+
+    return apply, seen
+
+
+def test_custom_jvp_rule_is_used_and_undifferentiated_args_get_none():
+    apply, seen = _make_apply()
+    grad = larix.filter_grad(apply)(jnp.array(1.0), jnp.array(5.0), fn=lambda a, b: a * b)
+    assert float(grad) == 2.0
+    assert seen["tangents"][1] is None  # y is a float array, but not perturbed
+
+
+def test_custom_jvp_primal_value_and_jit():
+    apply, _ = _make_apply()
+    out = jax.jit(lambda x: apply(x, jnp.array(4.0), fn=jnp.add))(jnp.array(1.0))
+    assert float(out) == 5.0
+
+
+def test_custom_jvp_with_non_array_arguments_and_modules():
+    @larix.filter_custom_jvp
+    def scaled(model, x, mode):
+        return model(x) * (2.0 if mode == "double" else 1.0)
+
+    @scaled.def_jvp
+    def scaled_jvp(primals, tangents, **kwargs):
+        model, x, mode = primals
+        t_model, t_x, t_mode = tangents
+        assert t_mode is None and type(t_model) is Linear and t_model.activation == model.activation
+        out = scaled(model, x, mode)
+        return out, 2.0 * (t_model.weight @ x + t_model.bias) if mode == "double" else None
+
+    m = make_linear()
+    x = jnp.arange(4.0)
+    grad = larix.filter_grad(lambda m: jnp.sum(scaled(m, x, "double")))(m)
+    np.testing.assert_allclose(grad.weight, 2.0 * jnp.tile(x, (3, 1)), rtol=1e-6)
+    # `None` as the output tangent means zero.
+    grad = larix.filter_grad(lambda m: jnp.sum(scaled(m, x, "single")))(m)
+    np.testing.assert_array_equal(grad.weight, jnp.zeros_like(m.weight))
+
+
+def test_custom_jvp_matches_jax_custom_jvp_in_forward_mode():
+    @larix.filter_custom_jvp
+    def f(x, n):
+        return jnp.sin(x) * n
+
+    @f.def_jvp
+    def f_jvp(primals, tangents):
+        x, n = primals
+        tx, tn = tangents
+        assert tn is None  # an integer array
+        return f(x, n), jnp.cos(x) * n * tx
+
+    x = jnp.array([0.1, 0.2])
+    out, tangent = jax.jvp(lambda x: f(x, jnp.array(3)), (x,), (jnp.ones(2),))
+    np.testing.assert_allclose(tangent, 3 * jnp.cos(x), rtol=1e-6)
+
+
+def test_custom_jvp_errors():
+    @larix.filter_custom_jvp
+    def f(x):
+        return x
+
+    with pytest.raises(TypeError, match=r"f has no JVP rule. Define one with `@f.def_jvp`"):
+        f(jnp.array(1.0))
+
+    @f.def_jvp
+    def f_jvp(primals, tangents):
+        return f(*primals), (tangents[0], tangents[0])
+
+    with pytest.raises(ValueError, match=r"JVP rule returned a tangent with structure.*output's structure"):
+        jax.jvp(f, (jnp.array(1.0),), (jnp.array(1.0),))
+
+    @larix.filter_custom_jvp
+    def g(x):
+        return x, "label"
+
+    g.def_jvp(lambda p, t: (g(*p), t))
+    with pytest.raises(TypeError, match=r"returned 'label'.*must return arrays"):
+        g(jnp.array(1.0))
+    with pytest.raises(TypeError, match="larix.filter_custom_jvp takes the function"):
+        larix.filter_custom_jvp(3)
+
+
+# --------------------------------------------------------------------------- filter_custom_vjp
+
+
+def _make_clip():
+    calls = {}
+
+    @larix.filter_custom_vjp
+    def clip_grad(x, bound, *, label):
+        return x[0] * x[1]
+
+    @clip_grad.def_fwd
+    def fwd(perturbed, x, bound, *, label):
+        calls["perturbed"] = perturbed
+        return x[0] * x[1], {"saved": x[0], "name": label}
+
+    @clip_grad.def_bwd
+    def bwd(residuals, grad_out, perturbed, x, bound, *, label):
+        calls["residuals"] = residuals
+        calls["bound"] = bound
+        g = jnp.clip(grad_out * x[1], -bound, bound)
+        return (g, None, None)
+
+    return clip_grad, calls
+
+
+def test_custom_vjp_rules_and_perturbed_flags():
+    clip_grad, calls = _make_clip()
+    x = (jnp.array(2.0), jnp.array(10.0), "tag")
+    grad = larix.filter_grad(lambda x: clip_grad(x, 3.0, label="lbl"))(x)
+    assert float(grad[0]) == 3.0  # clipped from 10
+    assert float(grad[1]) == 0.0  # the rule gave None: a zero gradient
+    assert grad[2] is None  # not an array: no gradient
+    assert calls["perturbed"] == (True, True, False)
+    assert calls["residuals"]["name"] == "lbl" and calls["bound"] == 3.0
+    np.testing.assert_allclose(calls["residuals"]["saved"], 2.0)
+
+
+def test_custom_vjp_forward_without_differentiation_calls_fn():
+    clip_grad, calls = _make_clip()
+    out = clip_grad((jnp.array(2.0), jnp.array(10.0), "tag"), 3.0, label="l")
+    assert float(out) == 20.0 and "perturbed" not in calls
+
+
+def test_custom_vjp_other_arguments_get_zero_gradient_and_unperturbed_leaves_are_false():
+    clip_grad, calls = _make_clip()
+    bound = jnp.array(100.0)
+    # Differentiate w.r.t. `bound` (a later argument): the rule only covers vjp_arg.
+    grad = jax.grad(lambda b: clip_grad((jnp.array(2.0), jnp.array(3.0), "t"), b, label="l"))(bound)
+    assert float(grad) == 0.0
+    assert calls["perturbed"] == (False, False, False)
+
+
+def test_custom_vjp_matches_plain_gradient_when_rule_is_exact_under_jit_and_vmap():
+    @larix.filter_custom_vjp
+    def square(x):
+        return x["v"] ** 2
+
+    @square.def_fwd
+    def fwd(perturbed, x):
+        return x["v"] ** 2, x["v"]
+
+    @square.def_bwd
+    def bwd(v, g, perturbed, x):
+        return {"v": 2 * v * g, "name": None}
+
+    per_example_grad = larix.filter_vmap(larix.filter_grad(lambda x: square(x)))
+
+    @jax.jit
+    def f(xs):
+        grads = per_example_grad({"v": xs, "name": "n"})
+        assert grads["name"] is None
+        return grads["v"]
+
+    xs = jnp.linspace(-1, 1, 4)
+    np.testing.assert_allclose(f(xs), 2 * xs, rtol=1e-6)
+
+
+def test_custom_vjp_errors():
+    @larix.filter_custom_vjp
+    def f(x):
+        return x
+
+    with pytest.raises(TypeError, match=r"f has no rule registered with def_fwd and def_bwd"):
+        f(jnp.array(1.0))
+    f.def_fwd(lambda perturbed, x: (x, None))
+    with pytest.raises(TypeError, match=r"registered with def_bwd\. Define both"):
+        f(jnp.array(1.0))
+    f.def_bwd(lambda res, g, perturbed, x: (g, g))
+    with pytest.raises(TypeError, match=r"called with the argument to differentiate first, by position"):
+        f(x=jnp.array(1.0))
+    with pytest.raises(ValueError, match=r"backward rule of f returned a gradient with structure.*structure of the first argument"):
+        jax.grad(f)(jnp.array(1.0))
+
+
+def test_docstring_examples():
+    result = doctest.testmod(_custom_ad)
+    assert result.attempted > 0 and result.failed == 0
