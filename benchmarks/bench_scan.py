@@ -1,0 +1,140 @@
+"""Compile time of a deep MLP: N blocks unrolled vs stacked and applied with `jax.lax.scan`.
+
+The model is N residual blocks `x + tanh(x @ W + b)` of width 32 on a batch of 8. Timed: the
+first call of `filter_jit(filter_value_and_grad(loss))` on a fresh function, i.e. trace +
+compile + one run of the forward and backward pass (`cold` cases), for
+
+- `unrolled`: a Module holding a tuple of N blocks, applied in a Python loop (the baseline);
+- `scanned`: the same weights as one `larix.Stacked` (arrays with a leading layer axis).
+
+Goal (transforms issue): at N = 64 the scanned model compiles at least 5x faster (ratio
+at most 0.2). Quick mode times N = 64 only; full mode also N = 4, 16 for the plot.
+
+Run on its own with `python benchmarks/bench_scan.py` (prints the N = 64 figures), or as
+part of the suite with `python benchmarks/run.py --only scan`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+try:
+    import larix
+except ImportError:  # run from a checkout without larix installed
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+    import larix
+
+WIDTH, BATCH = 32, 8
+GOAL_N = 64
+GOAL = 0.2  # "scanned compiles at least 5x faster"
+SECTION = "scan compile"
+
+
+class Block(larix.Module):
+    weight: jax.Array
+    bias: jax.Array
+    activation: Callable[[jax.Array], jax.Array] = larix.field(static=True, default=jnp.tanh)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + self.activation(x @ self.weight + self.bias)
+
+
+class Unrolled(larix.Module):
+    blocks: tuple[Block, ...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def _weights(n: int) -> tuple[np.ndarray, np.ndarray]:
+    # NumPy, not jax.random: building the model must stay cheap and untimed.
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(n, WIDTH, WIDTH)).astype(np.float32) / np.sqrt(WIDTH) / 4
+    biases = rng.normal(size=(n, WIDTH)).astype(np.float32) / 10
+    return weights, biases
+
+
+def make_unrolled(n: int) -> Unrolled:
+    weights, biases = _weights(n)
+    return Unrolled(tuple(Block(jnp.asarray(w), jnp.asarray(b)) for w, b in zip(weights, biases)))
+
+
+def make_scanned(n: int) -> larix.Stacked:
+    weights, biases = _weights(n)
+    return larix.Stacked(Block(jnp.asarray(weights), jnp.asarray(biases)))
+
+
+def loss(model: Any, x: jax.Array) -> jax.Array:
+    return jnp.mean(model(x) ** 2)
+
+
+def _batch() -> jax.Array:
+    return jnp.asarray(np.random.default_rng(1).normal(size=(BATCH, WIDTH)).astype(np.float32))
+
+
+def _first_call(make_model: Callable[[int], Any], n: int) -> Callable[[], Any]:
+    """A fresh filter_jit of forward + backward: calling it traces, compiles and runs."""
+    step = larix.filter_jit(larix.filter_value_and_grad(loss))
+    return functools.partial(step, make_model(n), _batch())
+
+
+def _block_on_loss(out: Any) -> None:
+    out[0].block_until_ready()
+
+
+def cases(settings: Any) -> Iterable[Any]:
+    from harness import Case
+
+    sizes = (GOAL_N,) if settings.quick else (4, 16, GOAL_N)
+    for n in sizes:
+        common = {"n": n, "cold": True, "block": _block_on_loss}
+        yield Case(SECTION, "unrolled", functools.partial(_first_call, make_unrolled, n), **common)
+        goal = GOAL if n == GOAL_N else None
+        yield Case(
+            SECTION, "scanned", functools.partial(_first_call, make_scanned, n), baseline="unrolled", goal=goal, **common
+        )
+
+
+def _plots() -> tuple[Any, ...]:
+    try:
+        from harness import Plot
+    except ImportError:  # imported from outside benchmarks/
+        return ()
+    return (Plot(section=SECTION, filename="scan_compile.png", title="first call of forward+grad, N blocks"),)
+
+
+PLOTS = _plots()
+
+
+def main() -> None:
+    """Time the N = 64 first calls a few times each and print the ratio."""
+    samples = 3
+    results = {}
+    for name, make_model in (("unrolled", make_unrolled), ("scanned", make_scanned)):
+        times = []
+        for _ in range(samples):
+            call = _first_call(make_model, GOAL_N)
+            t0 = time.perf_counter()
+            _block_on_loss(call())
+            times.append(time.perf_counter() - t0)
+        results[name] = float(np.median(times))
+        print(f"{name:>9}: {results[name]:.3f} s (median of {samples}; {', '.join(f'{t:.3f}' for t in times)})")
+    ratio = results["scanned"] / results["unrolled"]
+    verdict = "ok" if ratio <= GOAL else "MISS"
+    print(f"N = {GOAL_N} blocks: scanned / unrolled = {ratio:.3f} ({1 / ratio:.1f}x faster; goal <= {GOAL}: {verdict})")
+
+
+if __name__ == "__main__":
+    main()
