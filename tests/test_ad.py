@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import pytest
-from conftest import Linear, Pair, is_none, make_linear, pytrees
 from hypothesis import given
 
 import larix
+from conftest import Linear, Pair, is_none, make_linear, pytrees
 from larix import _ad
 
 
@@ -141,6 +141,7 @@ def test_decorator_forms():
     assert bare.__name__ == "f"
     (value, aux), grad = larix.filter_value_and_grad(has_aux=True)(lambda x: (f(x), 1))(x)
     assert float(value) == 5.0 and aux == 1
+    np.testing.assert_allclose(grad, [2.0, 4.0])
 
 
 def test_positional_option_is_refused_with_the_keyword_form():
@@ -287,7 +288,7 @@ def test_hessian_matches_jax():
 def test_jacobian_errors():
     with pytest.raises(TypeError, match="called without arguments"):
         larix.filter_jacrev(lambda x: x)()
-    with pytest.raises(TypeError, match="larix.filter_hessian takes the function"):
+    with pytest.raises(TypeError, match=r"larix\.filter_hessian takes the function"):
         larix.filter_hessian("not a function")
 
 

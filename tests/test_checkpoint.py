@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Linear, make_linear
 
 import larix
+from conftest import Linear, make_linear
 from larix import _checkpoint
 
 

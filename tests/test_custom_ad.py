@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Linear, make_linear
 
 import larix
+from conftest import Linear, make_linear
 from larix import _custom_ad
 
 # --------------------------------------------------------------------------- filter_custom_jvp
@@ -56,7 +56,7 @@ def test_custom_jvp_with_non_array_arguments_and_modules():
     @scaled.def_jvp
     def scaled_jvp(primals, tangents, **kwargs):
         model, x, mode = primals
-        t_model, t_x, t_mode = tangents
+        t_model, _, t_mode = tangents
         assert t_mode is None and type(t_model) is Linear and t_model.activation == model.activation
         out = scaled(model, x, mode)
         return out, 2.0 * (t_model.weight @ x + t_model.bias) if mode == "double" else None
@@ -84,6 +84,7 @@ def test_custom_jvp_matches_jax_custom_jvp_in_forward_mode():
 
     x = jnp.array([0.1, 0.2])
     out, tangent = jax.jvp(lambda x: f(x, jnp.array(3)), (x,), (jnp.ones(2),))
+    np.testing.assert_allclose(out, 3 * jnp.sin(x), rtol=1e-6)
     np.testing.assert_allclose(tangent, 3 * jnp.cos(x), rtol=1e-6)
 
 
@@ -109,7 +110,7 @@ def test_custom_jvp_errors():
     g.def_jvp(lambda p, t: (g(*p), t))
     with pytest.raises(TypeError, match=r"returned 'label'.*must return arrays"):
         g(jnp.array(1.0))
-    with pytest.raises(TypeError, match="larix.filter_custom_jvp takes the function"):
+    with pytest.raises(TypeError, match=r"larix\.filter_custom_jvp takes the function"):
         larix.filter_custom_jvp(3)
 
 

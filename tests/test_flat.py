@@ -12,11 +12,11 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 import pytest
-from conftest import Box, Linear, Pair, expected_owners, filter_specs, leaves, make_linear, pytrees
 from hypothesis import given
 from hypothesis import strategies as st
 
 import larix
+from conftest import Box, Linear, Pair, expected_owners, filter_specs, leaves, make_linear, pytrees
 
 Point = namedtuple("Point", ["x", "y"])
 
@@ -89,7 +89,12 @@ def test_split_n_way_first_matching_spec_wins():
 def test_split_of_a_module_uses_attribute_index_and_dict_key_paths():
     model = Seq([make_linear(seed=0), Table({"scale": jnp.ones(1), "w": (jnp.zeros(2), 3)})])
     skeleton, arrays, rest = larix.split(model, larix.is_array)
-    assert sorted(arrays) == ["layers.0.bias", "layers.0.weight", "layers.1.entries.scale", "layers.1.entries.w.0"]
+    assert sorted(arrays) == [
+        "layers.0.bias",
+        "layers.0.weight",
+        "layers.1.entries.scale",
+        "layers.1.entries.w.0",
+    ]
     assert rest == {"layers.1.entries.w.1": 3}
     assert arrays["layers.0.weight"] is model.layers[0].weight
     # The static fields (Seq.name, Linear.activation) are structure, not leaves.
@@ -140,7 +145,9 @@ def test_split_of_empty_trees():
 
 def test_split_respects_is_leaf():
     tree = {"a": (1, 2), "b": [3]}
-    skeleton, tuples, rest = larix.split(tree, lambda x: isinstance(x, tuple), is_leaf=lambda x: isinstance(x, tuple))
+    skeleton, tuples, rest = larix.split(
+        tree, lambda x: isinstance(x, tuple), is_leaf=lambda x: isinstance(x, tuple)
+    )
     assert tuples == {"a": (1, 2)}
     assert rest == {"b.0": 3}
     assert larix.merge(skeleton, tuples, rest) == tree
@@ -313,7 +320,7 @@ def test_merge_lists_every_problem_at_once():
 
 
 def test_merge_rejects_a_part_that_is_not_a_dict():
-    _, (skeleton, arrays, rest) = _split_example()
+    _, (skeleton, arrays, _) = _split_example()
     with pytest.raises(ValueError, match="part 1 is a list, not a dict"):
         larix.merge(skeleton, arrays, [3, "relu"])
 
@@ -330,7 +337,7 @@ def test_merge_rejects_the_wrong_number_of_dicts():
 
 
 def test_merge_rejects_a_first_argument_that_is_not_a_skeleton():
-    tree, (skeleton, arrays, rest) = _split_example()
+    tree, (_, arrays, rest) = _split_example()
     with pytest.raises(TypeError) as info:
         larix.merge(arrays, rest)
     message = str(info.value)
@@ -370,17 +377,26 @@ def test_skeleton_hash_is_stable_and_equal_for_equal_structures():
     ("first", "second"),
     [
         # a static field differs
-        (lambda: larix.split(Pair(1, 2, tag="p"), larix.is_array), lambda: larix.split(Pair(1, 2, tag="q"), larix.is_array)),
+        (
+            lambda: larix.split(Pair(1, 2, tag="p"), larix.is_array),
+            lambda: larix.split(Pair(1, 2, tag="q"), larix.is_array),
+        ),
         (
             lambda: larix.split(Linear(jnp.ones(2), jnp.ones(1), activation="relu"), larix.is_array),
             lambda: larix.split(Linear(jnp.ones(2), jnp.ones(1), activation="gelu"), larix.is_array),
         ),
         # the structure differs
-        (lambda: larix.split({"a": 1}, larix.is_array), lambda: larix.split({"a": 1, "b": 2}, larix.is_array)),
+        (
+            lambda: larix.split({"a": 1}, larix.is_array),
+            lambda: larix.split({"a": 1, "b": 2}, larix.is_array),
+        ),
         (lambda: larix.split([1, 2], larix.is_array), lambda: larix.split((1, 2), larix.is_array)),
         (lambda: larix.split(Box(1), larix.is_array), lambda: larix.split(Box([1]), larix.is_array)),
         # which leaf goes to which part differs
-        (lambda: larix.split([1, 2.0], larix.by_type(int)), lambda: larix.split([1, 2.0], larix.by_type(float))),
+        (
+            lambda: larix.split([1, 2.0], larix.by_type(int)),
+            lambda: larix.split([1, 2.0], larix.by_type(float)),
+        ),
         # the number of parts differs
         (lambda: larix.split([1, 2]), lambda: larix.split([1, 2], False)),
     ],
@@ -462,7 +478,7 @@ def test_split_of_the_same_module_twice_is_equal():
 
 def test_mutating_a_returned_dict_does_not_affect_the_next_split():
     model = make_linear()
-    skeleton, arrays, rest = larix.split(model, larix.is_array)
+    _, arrays, rest = larix.split(model, larix.is_array)
     arrays["weight"] = "clobbered"
     arrays["new"] = 1
     del arrays["bias"]
@@ -503,6 +519,7 @@ def test_split_after_appending_to_a_list_in_place_is_not_stale():
     model.layers.append(jnp.ones(1))
     skeleton, arrays, rest = larix.split(model, larix.is_array)
     assert sorted(arrays) == ["layers.0.bias", "layers.0.weight", "layers.1"]
+    assert rest == {}
     assert len(skeleton.keys) == 3
 
 
@@ -533,6 +550,7 @@ def test_merge_result_is_split_by_its_own_leaves():
 def test_merge_result_is_split_by_its_own_leaves_when_arrays_become_scalars():
     model = Pair(jnp.ones(2), jnp.ones((2, 2)))
     skeleton, arrays, rest = larix.split(model, larix.is_array)
+    assert sorted(arrays) == ["a", "b"]
     merged = larix.merge(skeleton, {"a": 1.0, "b": "text"}, rest)
     _, arrays2, rest2 = larix.split(merged, larix.is_array)
     assert arrays2 == {}

@@ -11,9 +11,9 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 import pytest
-from conftest import Linear, make_linear
 
 import larix
+from conftest import Linear, make_linear
 from larix import _frozen
 
 
@@ -83,7 +83,7 @@ def test_frozen_layer_is_used_like_the_layer():
     np.testing.assert_array_equal(frozen.scaled(x, scale=3.0), layer.scaled(x, scale=3.0))
     assert bool(larix.tree_equal(frozen.value, layer))
     with pytest.raises(AttributeError):
-        frozen.no_such_attribute  # noqa: B018
+        frozen.no_such_attribute
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16, jnp.complex64])

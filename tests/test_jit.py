@@ -9,7 +9,6 @@ import pickle
 import sys
 import threading
 import time
-import warnings
 import weakref
 from typing import Any
 
@@ -18,11 +17,11 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 import pytest
-from conftest import Box, Linear, Pair, make_linear
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import larix
+from conftest import Box, Linear, Pair, make_linear
 from larix.debug import assert_max_traces, get_num_traces
 
 
@@ -254,7 +253,10 @@ def test_jax_partial_as_fun_has_its_arrays_traced():
         (lambda x: (x, 1, "a", None), (jnp.ones(2), 1, "a", None)),
         (lambda x: [x * 2, {"k": x, "n": 2}], [jnp.full(2, 2.0, jnp.float32), {"k": jnp.ones(2), "n": 2}]),
         (lambda x: {"a": (x, 2), "b": None}, {"a": (jnp.ones(2), 2), "b": None}),
-        (lambda x: Pair(x, Box(x, scale=2.0), tag="t"), Pair(jnp.ones(2), Box(jnp.ones(2), scale=2.0), tag="t")),
+        (
+            lambda x: Pair(x, Box(x, scale=2.0), tag="t"),
+            Pair(jnp.ones(2), Box(jnp.ones(2), scale=2.0), tag="t"),
+        ),
         (lambda x: (Box(x), Box("s")), (Box(jnp.ones(2)), Box("s"))),
         (lambda x: jax.nn.relu, jax.nn.relu),
     ],
@@ -724,7 +726,7 @@ def test_concurrent_calls_with_different_shapes_and_statics():
         size, n = i % 4 + 1, i // 4 + 2
         try:
             for step in range(20):
-                model = Box(jnp.full((size,), float(step)))
+                model = Box(jnp.full((size,), float(step), jnp.float32))
                 out, static = f(model, jnp.ones(size), n)
                 ok = out.shape == (size,) and bool(jnp.all(out == step * n)) and static == n
                 if not ok:

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Linear, make_linear
 
 import larix
+from conftest import Linear, make_linear
 from larix import _jvp_vjp
 
 
@@ -118,6 +118,7 @@ def test_vjp_with_static_leaves_int_outputs_and_none_cotangents():
 
 def test_vjp_has_aux_and_pullback_is_a_pytree_through_jit():
     out, vjp_fn, aux = larix.filter_vjp(lambda x: (x * 3.0, {"aux": "a", "x": x}), jnp.array([1.0, 2.0]), has_aux=True)
+    np.testing.assert_allclose(out, [3.0, 6.0])
     assert aux["aux"] == "a"
     np.testing.assert_allclose(aux["x"], [1.0, 2.0])
     (grad,) = jax.jit(lambda fn, ct: fn(ct))(vjp_fn, jnp.ones(2))

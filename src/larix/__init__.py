@@ -39,6 +39,7 @@ from ._partition import filter as filter  # noqa: A004 - Equinox's name
 from ._partition import partition as partition
 from ._pformat import tree_pformat as tree_pformat
 from ._pformat import tree_pprint as tree_pprint
+from ._pmap import filter_pmap as filter_pmap
 from ._scan import Stacked as Stacked
 from ._scan import stack as stack
 from ._shapes import filter_eval_shape as filter_eval_shape
@@ -51,7 +52,6 @@ from ._tree import tree_at as tree_at
 from ._tree import tree_check as tree_check
 from ._tree import tree_equal as tree_equal
 from ._tree import tree_flatten_one_level as tree_flatten_one_level
-from ._vmap import filter_pmap as filter_pmap
 from ._vmap import filter_vmap as filter_vmap
 
 __version__ = "0.1.0"

@@ -33,8 +33,8 @@ def filter_pure_callback(
     """Call a Python function from traced code, with arguments and results of any pytrees.
 
     `jax.pure_callback` for pytrees: the arrays among the arguments are handed to
-    `callback` as NumPy arrays at run time; every other leaf is passed as is. The callback
-    must be pure (JAX may skip or repeat it).
+    `callback` with their concrete values at run time; every other leaf is passed as is.
+    The callback must be pure (JAX may skip or repeat it).
 
     **Arguments:**
 
@@ -49,8 +49,8 @@ def filter_pure_callback(
 
     **Returns:** the output of `callback`, with JAX arrays.
 
-    **Raises:** at run time, `ValueError` when the callback's output does not match
-    `result_shape_dtypes`.
+    **Raises:** at run time, when the callback's output does not match `result_shape_dtypes`,
+    a `ValueError` inside the callback, which JAX re-raises as `jax.errors.JaxRuntimeError`.
 
     !!! example
         ```python

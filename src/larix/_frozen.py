@@ -38,7 +38,8 @@ class Frozen(Module):
     """Wrap a pytree (a layer, a whole sub-model, an array) so that it is not trained.
 
     Inside, every floating-point array is stored as its bit pattern: an unsigned integer
-    array of the same shape and width. To the filters a frozen parameter is therefore not
+    array of the same shape and width (complex arrays get a last axis of 2, for the real
+    and imaginary parts). To the filters a frozen parameter is therefore not
     an inexact array, and with no special casing anywhere:
 
     - [`larix.filter_grad`][] (and every other filtered derivative) gives it `None`;
@@ -47,7 +48,12 @@ class Frozen(Module):
       it and weight decay never touches it;
     - [`larix.apply_updates`][] keeps it bit for bit;
     - it is still an array, so `filter_jit` traces it instead of baking it into the
-      program, `filter_vmap` maps it, and checkpoints save it losslessly.
+      program, `filter_vmap` maps it, and checkpoints save it losslessly (under the path
+      `<where>.bits.<name>`, as unsigned integers).
+
+    Initialise optimisers with `larix.filter(model, larix.is_inexact_array)`, not
+    `larix.is_array`: the latter would include the bit patterns (as it includes any
+    integer array), and optax would then expect gradients for them.
 
     Read the original back with `.value` (a free bitcast inside `jit`). Calling a `Frozen`
     calls the wrapped object, and reading an attribute it does not have reads the wrapped

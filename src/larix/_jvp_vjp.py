@@ -19,7 +19,7 @@ from ._wrappers import Box, check_callable, describe, leaves_up_to, split_aux
 __all__ = ["filter_jvp", "filter_vjp"]
 
 
-class _LeafOverSubtree(Exception):
+class _LeafOverSubtreeError(Exception):
     def __init__(self, path: tuple[Any, ...], primal: Any):
         self.path, self.primal = path, primal
 
@@ -32,11 +32,11 @@ def _tangent_per_leaf(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> li
             return [None] * len(jtu.tree_leaves(p))
         if jtu.treedef_is_leaf(jtu.tree_structure(p)):
             return [t]
-        raise _LeafOverSubtree(path, p)
+        raise _LeafOverSubtreeError(path, p)
 
     try:
         per_leaf = jtu.tree_map_with_path(expand, tangents, primals, is_leaf=lambda x: x is None)
-    except _LeafOverSubtree as e:
+    except _LeafOverSubtreeError as e:
         where, why = e.path, f"one tangent for a whole {type(e.primal).__name__}"
     except ValueError:
         found = structure_mismatch(tangents, primals, is_leaf=lambda x: x is None, prefix=True)

@@ -1,6 +1,6 @@
-"""filter_vmap and filter_pmap: map a function of any pytrees over a batch axis.
+"""filter_vmap: vectorise a function of any pytrees over a batch axis.
 
-Both resolve the axis specs to one axis (or `None`) per leaf of the arguments, hand the
+The axis machinery here is shared with `filter_pmap` (`_pmap.py`). Both resolve the axis specs to one axis (or `None`) per leaf of the arguments, hand the
 mapped arrays to `jax.vmap` / `jax.pmap` as a flat list, and close over the rest. Outputs
 leave the JAX transform on axis 0 (arrays) or not at all (everything else), and are then
 moved to the axis that `out_axes` asks for.
@@ -24,29 +24,35 @@ from ._paths import python_path, structure_mismatch
 from ._tree import if_array
 from ._wrappers import Box, TransformWrapper, argument_path, check_callable, describe, wrap
 
-__all__ = ["filter_pmap", "filter_vmap"]
+__all__ = ["filter_vmap"]
 
-_DEFAULT_AXES = if_array(0)
+DEFAULT_AXES = if_array(0)
 _UNBATCHED_ERROR = re.compile(r"out_axes\[1\]\[(\d+)\], got axis spec None but output was batched")
 
 
-class _Spec:
-    """An axis spec kept in a static field. Hashed by identity: specs may contain dicts."""
+class AxisSpec:
+    """An axis spec kept in a static field. Compared by identity: specs may contain dicts."""
 
     __slots__ = ("spec",)
 
     def __init__(self, spec: Any):
         self.spec = spec
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AxisSpec) and other.spec is self.spec
+
+    def __hash__(self) -> int:
+        return id(self.spec)
+
     def __repr__(self) -> str:
-        return "if_array(0)" if self.spec is _DEFAULT_AXES else repr(self.spec)
+        return "if_array(0)" if self.spec is DEFAULT_AXES else repr(self.spec)
 
 
 def _is_none(x: Any) -> bool:
     return x is None
 
 
-def _check_spec(spec: Any, what: str, name: str) -> _Spec:
+def check_spec(spec: Any, what: str, name: str) -> AxisSpec:
     for path, leaf in jtu.tree_flatten_with_path(spec, is_leaf=_is_none)[0]:
         if leaf is None or callable(leaf) or (isinstance(leaf, int) and not isinstance(leaf, bool)):
             continue
@@ -55,7 +61,7 @@ def _check_spec(spec: Any, what: str, name: str) -> _Spec:
             "ints (the axis), None (not mapped) and callables `leaf -> int | None`, such as "
             "larix.if_array(0)."
         )
-    return _Spec(spec)
+    return AxisSpec(spec)
 
 
 def _specs_by_name(fun: Any, in_axes: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> tuple[Any, Any]:
@@ -81,8 +87,8 @@ def _specs_by_name(fun: Any, in_axes: dict[str, Any], args: tuple[Any, ...], kwa
     arg_specs = []
     for i in range(len(args)):
         param = positional[i] if i < len(positional) else var_args
-        arg_specs.append(in_axes.get(param, _DEFAULT_AXES))
-    kw_specs = {k: in_axes.get(k if k in names else var_kwargs, _DEFAULT_AXES) for k in kwargs}
+        arg_specs.append(in_axes.get(param, DEFAULT_AXES))
+    kw_specs = {k: in_axes.get(k if k in names else var_kwargs, DEFAULT_AXES) for k in kwargs}
     return tuple(arg_specs), kw_specs
 
 
@@ -96,7 +102,7 @@ def _argument_specs(fun: Any, in_axes: Any, args: tuple[Any, ...], kwargs: dict[
                 f"with {len(args)} positional arguments. Give one spec per positional argument, "
                 "a single spec for all of them, or a dict naming parameters."
             )
-        return tuple(in_axes), {k: _DEFAULT_AXES for k in kwargs}
+        return tuple(in_axes), {k: DEFAULT_AXES for k in kwargs}
     return tuple(in_axes for _ in args), {k: in_axes for k in kwargs}
 
 
@@ -134,7 +140,7 @@ def _output_path(path: tuple[Any, ...]) -> str:
     return python_path(path, "output")
 
 
-def _resolve_inputs(fun: Any, in_axes: Any, args: tuple[Any, ...], kwargs: dict[str, Any], axis_size: int | None, name: str) -> tuple[list[Any], Any, list[Any], int | None]:
+def resolve_inputs(fun: Any, in_axes: Any, args: tuple[Any, ...], kwargs: dict[str, Any], axis_size: int | None, name: str) -> tuple[list[Any], Any, list[Any], int | None]:
     """Flatten the arguments and find each leaf's axis; check that the mapped sizes agree."""
     tree = (args, kwargs)
     leaves, treedef = jtu.tree_flatten(tree)
@@ -172,7 +178,7 @@ def _resolve_inputs(fun: Any, in_axes: Any, args: tuple[Any, ...], kwargs: dict[
     return leaves, treedef, axes, axis_size
 
 
-def _split_output(out: Any, out_axes: Any, name: str, box: Box) -> tuple[list[Any], list[Any]]:
+def split_output(out: Any, out_axes: Any, name: str, box: Box) -> tuple[list[Any], list[Any]]:
     """Inside the transform: route each output leaf to the batched, unbatched or static part."""
     leaves, treedef = jtu.tree_flatten(out)
     axes = _leaf_axes(out_axes, out, _output_path, "out_axes", name)
@@ -199,7 +205,7 @@ def _split_output(out: Any, out_axes: Any, name: str, box: Box) -> tuple[list[An
     return batched, unbatched
 
 
-def _merge_output(box: Box, batched: list[Any], unbatched: list[Any]) -> Any:
+def merge_output(box: Box, batched: list[Any], unbatched: list[Any]) -> Any:
     treedef, axes, arrays, static = box.value
     batched_it, unbatched_it, static_it = iter(batched), iter(unbatched), iter(static)
     leaves = []
@@ -230,13 +236,13 @@ def _explain_batched_output(error: ValueError, box: Box, name: str) -> ValueErro
 
 
 class _VmapWrapper(TransformWrapper):
-    _in_axes: _Spec = field(static=True)
-    _out_axes: _Spec = field(static=True)
+    _in_axes: AxisSpec = field(static=True)
+    _out_axes: AxisSpec = field(static=True)
     _axis_name: Hashable | None = field(static=True)
     _axis_size: int | None = field(static=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        leaves, treedef, axes, axis_size = _resolve_inputs(
+        leaves, treedef, axes, axis_size = resolve_inputs(
             self._fun, self._in_axes.spec, args, kwargs, self._axis_size, "filter_vmap"
         )
         mapped = [i for i, axis in enumerate(axes) if axis is not None]
@@ -247,7 +253,7 @@ class _VmapWrapper(TransformWrapper):
             for i, v in zip(mapped, values):
                 new[i] = v
             call_args, call_kwargs = treedef.unflatten(new)
-            return _split_output(self._fun(*call_args, **call_kwargs), self._out_axes.spec, "filter_vmap", box)
+            return split_output(self._fun(*call_args, **call_kwargs), self._out_axes.spec, "filter_vmap", box)
 
         vmapped = jax.vmap(
             body, in_axes=([axes[i] for i in mapped],), out_axes=(0, None), axis_name=self._axis_name, axis_size=axis_size
@@ -258,14 +264,14 @@ class _VmapWrapper(TransformWrapper):
             if box.value is None or _UNBATCHED_ERROR.search(str(error)) is None:
                 raise
             raise _explain_batched_output(error, box, "filter_vmap") from None
-        return _merge_output(box, batched, unbatched)
+        return merge_output(box, batched, unbatched)
 
 
 def filter_vmap(
     fun: Callable[..., Any] | None = None,
     *,
-    in_axes: Any = _DEFAULT_AXES,
-    out_axes: Any = _DEFAULT_AXES,
+    in_axes: Any = DEFAULT_AXES,
+    out_axes: Any = DEFAULT_AXES,
     axis_name: Hashable | None = None,
     axis_size: int | None = None,
 ) -> Any:
@@ -317,134 +323,5 @@ def filter_vmap(
     if fun is None:
         return functools.partial(filter_vmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size)
     check_callable(fun, "filter_vmap", "in_axes=..., out_axes=...")
-    specs = _check_spec(in_axes, "in_axes", "filter_vmap"), _check_spec(out_axes, "out_axes", "filter_vmap")
+    specs = check_spec(in_axes, "in_axes", "filter_vmap"), check_spec(out_axes, "out_axes", "filter_vmap")
     return wrap(_VmapWrapper(fun, *specs, axis_name, axis_size))
-
-
-class _PmapKey:
-    """The static part of one `filter_pmap` call: jax.pmap compiles once per distinct key."""
-
-    __slots__ = ("_hash", "key")
-
-    def __init__(self, key: tuple[Any, ...], name: str):
-        self.key = key
-        try:
-            self._hash = hash(key)
-        except TypeError:
-            raise TypeError(
-                f"larix.{name}: every non-array leaf of the function and its arguments is a "
-                "compile-time constant and must be hashable, but one is not (a set, or an "
-                "object defining __eq__ without __hash__). Make it hashable or pass it as an array."
-            ) from None
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _PmapKey) and self.key == other.key
-
-
-class _PmapWrapper(TransformWrapper):
-    _in_axes: _Spec = field(static=True)
-    _out_axes: _Spec = field(static=True)
-    _axis_name: Hashable | None = field(static=True)
-    _axis_size: int | None = field(static=True)
-    _devices: tuple[Any, ...] | None = field(static=True)
-
-    def _compiled(self, mapped_axes: tuple[int, ...]) -> tuple[Any, dict[_PmapKey, Box]]:
-        # One jax.pmap per wrapper and per tuple of input axes, kept on the (frozen)
-        # instance: re-creating it would recompile on every call.
-        cache = self.__dict__.setdefault("_larix_pmap_cache", {})
-        if mapped_axes not in cache:
-            outputs: dict[_PmapKey, Box] = {}
-            out_axes = self._out_axes.spec
-
-            def body(key: _PmapKey, mapped: list[Any], unmapped: list[Any]) -> tuple[list[Any], list[Any]]:
-                fun_def, treedef, kinds, static = key.key
-                mapped_it, unmapped_it, static_it = iter(mapped), iter(unmapped), iter(static)
-                leaves = [next({"m": mapped_it, "u": unmapped_it, "s": static_it}[k]) for k in kinds]
-                fun = fun_def.unflatten(leaves[: fun_def.num_leaves])
-                call_args, call_kwargs = treedef.unflatten(leaves[fun_def.num_leaves :])
-                box = outputs[key] = Box()
-                return _split_output(fun(*call_args, **call_kwargs), out_axes, "filter_pmap", box)
-
-            pmapped = jax.pmap(
-                body,
-                axis_name=self._axis_name,
-                in_axes=(None, list(mapped_axes), None),
-                out_axes=(0, None),
-                static_broadcasted_argnums=(0,),
-                devices=self._devices,
-                axis_size=self._axis_size,
-            )
-            cache[mapped_axes] = (pmapped, outputs)
-        return cache[mapped_axes]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        leaves, treedef, axes, _ = _resolve_inputs(
-            self._fun, self._in_axes.spec, args, kwargs, self._axis_size, "filter_pmap"
-        )
-        fun_leaves, fun_def = jtu.tree_flatten(self._fun)
-        all_leaves = fun_leaves + leaves
-        all_axes = [None] * len(fun_leaves) + axes
-        kinds = tuple("m" if a is not None else "u" if is_array(x) else "s" for x, a in zip(all_leaves, all_axes))
-        static = tuple(x for x, k in zip(all_leaves, kinds) if k == "s")
-        key = _PmapKey((fun_def, treedef, kinds, static), "filter_pmap")
-        pmapped, outputs = self._compiled(tuple(a for a in all_axes if a is not None))
-        batched, unbatched = pmapped(
-            key,
-            [x for x, k in zip(all_leaves, kinds) if k == "m"],
-            [x for x, k in zip(all_leaves, kinds) if k == "u"],
-        )
-        return _merge_output(outputs[key], batched, unbatched)
-
-
-def filter_pmap(
-    fun: Callable[..., Any] | None = None,
-    *,
-    in_axes: Any = _DEFAULT_AXES,
-    out_axes: Any = _DEFAULT_AXES,
-    axis_name: Hashable | None = None,
-    axis_size: int | None = None,
-    devices: Any = None,
-) -> Any:
-    """Run `fun` in parallel over devices, mapping a batch axis: `jax.pmap` for any pytrees.
-
-    The axis specs are those of [`larix.filter_vmap`][]: by default every array is split
-    over its axis 0, one slice per device, and every other leaf is passed unchanged. Like
-    `jax.pmap`, the function is compiled: arrays are traced and all other leaves (of the
-    arguments and of `fun` itself) are compile-time constants, so they must be hashable,
-    and changing one recompiles. An array output with the axis `None` is taken from the
-    first device.
-
-    For new code, prefer `filter_jit` with sharded inputs (`jax.sharding`): it scales
-    beyond one host and needs no batch axis per device.
-
-    **Arguments:**
-
-    - `fun`: the function; may be a Module or a bound method (its arrays are replicated).
-    - `in_axes`, `out_axes`: axis specs, as for [`larix.filter_vmap`][].
-    - `axis_name`: names the mapped axis for collectives such as `jax.lax.psum`.
-    - `axis_size`: the number of devices to use when no argument is mapped.
-    - `devices`: the devices to run on (default: all local devices of the backend).
-
-    **Returns:** the parallelised function.
-
-    !!! example
-        ```python
-        >>> import jax, jax.numpy as jnp, larix
-        >>> n = jax.local_device_count()
-        >>> total = larix.filter_pmap(lambda x: jax.lax.psum(x, "d"), axis_name="d")
-        >>> total(jnp.ones((n, 2)))[0].tolist() == [float(n), float(n)]
-        True
-
-        ```
-    """
-    if fun is None:
-        return functools.partial(
-            filter_pmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size, devices=devices
-        )
-    check_callable(fun, "filter_pmap", "in_axes=..., out_axes=...")
-    specs = _check_spec(in_axes, "in_axes", "filter_pmap"), _check_spec(out_axes, "out_axes", "filter_pmap")
-    devices = None if devices is None else tuple(devices)
-    return wrap(_PmapWrapper(fun, *specs, axis_name, axis_size, devices))
