@@ -446,6 +446,8 @@ def module_update_wrapper(wrapper: Module, wrapped: Any = None) -> Module:
             value = getattr(wrapped, attr)
         except AttributeError:
             continue
+        if any(isinstance(k.__dict__.get(attr), property) for k in type(new).__mro__):
+            continue  # e.g. BoundMethod.__name__, computed from the wrapped function already
         object.__setattr__(new, attr, value)
     return new
 

@@ -10,7 +10,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._filters import is_array
-from ._paths import python_path
+from ._paths import python_path, structure_mismatch
 
 __all__ = [
     "apply_updates",
@@ -227,8 +227,21 @@ def apply_updates(model: Any, updates: Any) -> Any:
     `None`s mark the leaves that are not trained (static leaves, frozen parameters).
 
     **Returns:** the updated model.
+
+    **Raises:** `ValueError` naming the first path where `updates` does not match `model`.
     """
-    return jtu.tree_map(lambda u, p: p if u is None else p + u, updates, model, is_leaf=lambda x: x is None)
+    try:
+        return jtu.tree_map(lambda u, p: p if u is None else p + u, updates, model, is_leaf=lambda x: x is None)
+    except ValueError:
+        found = structure_mismatch(updates, model, is_leaf=lambda x: x is None, prefix=True)
+        if found is None:
+            raise
+        where, why = found
+        raise ValueError(
+            f"apply_updates: the updates do not match the model at {python_path(where, 'model')}: "
+            f"{why} (updates on the left). Compute the updates from the same model, e.g. "
+            "`optim.update(grads, opt_state, larix.filter(model, larix.is_inexact_array))`."
+        ) from None
 
 
 def tree_flatten_one_level(pytree: Any) -> tuple[list[Any], Any]:
