@@ -3,8 +3,6 @@ filter_hessian (and the wrapper they share, larix._wrappers)."""
 
 from __future__ import annotations
 
-import doctest
-
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -14,7 +12,6 @@ from hypothesis import given
 
 import larix
 from conftest import Linear, Pair, is_none, make_linear, pytrees
-from larix import _ad
 
 
 def _loss(model, x):
@@ -299,10 +296,6 @@ def test_jacobian_keyword_arguments_are_passed_through():
 
 # --------------------------------------------------------------------------- docs
 
-
-def test_docstring_examples():
-    result = doctest.testmod(_ad)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_pair_gradient_with_module_inside_tuple():

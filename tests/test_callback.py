@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -12,7 +10,6 @@ import pytest
 
 import larix
 from conftest import Linear, make_linear
-from larix import _callback
 
 # --------------------------------------------------------------------------- filter_pure_callback
 
@@ -145,8 +142,3 @@ def test_closure_convert_errors():
         g(jnp.ones(2), 4)
     with pytest.raises(TypeError, match=r"larix\.filter_closure_convert takes the function"):
         larix.filter_closure_convert(3)
-
-
-def test_docstring_examples():
-    result = doctest.testmod(_callback)
-    assert result.attempted > 0 and result.failed == 0

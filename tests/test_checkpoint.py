@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +9,6 @@ import pytest
 
 import larix
 from conftest import Linear, make_linear
-from larix import _checkpoint
 
 
 def _block(w, x):
@@ -89,8 +86,3 @@ def test_checkpoint_keyword_arguments_and_scan():
 def test_checkpoint_error_names_the_keyword_form():
     with pytest.raises(TypeError, match=r"larix.filter_checkpoint takes the function.*prevent_cse=..., policy=..."):
         larix.filter_checkpoint(False)
-
-
-def test_docstring_examples():
-    result = doctest.testmod(_checkpoint)
-    assert result.attempted > 0 and result.failed == 0

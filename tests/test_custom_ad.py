@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +9,6 @@ import pytest
 
 import larix
 from conftest import Linear, make_linear
-from larix import _custom_ad
 
 # --------------------------------------------------------------------------- filter_custom_jvp
 
@@ -206,8 +203,3 @@ def test_custom_vjp_errors():
         f(x=jnp.array(1.0))
     with pytest.raises(ValueError, match=r"backward rule of f returned a gradient with structure.*structure of the first argument"):
         jax.grad(f)(jnp.array(1.0))
-
-
-def test_docstring_examples():
-    result = doctest.testmod(_custom_ad)
-    assert result.attempted > 0 and result.failed == 0

@@ -12,7 +12,7 @@ import jax.tree_util as jtu
 import numpy as np
 import optax
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import larix
@@ -234,6 +234,7 @@ def test_split_keys_are_the_key_paths_with_namedtuples(tree):
     assert same(larix.merge(skeleton, everything), tree)
 
 
+@settings(max_examples=30)
 @given(pytrees, spec_tuples)
 def test_merge_of_split_is_the_tree(tree, specs):
     parts = larix.split(tree, *specs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import pickle
 
 import jax
@@ -14,7 +13,6 @@ import pytest
 
 import larix
 from conftest import Linear, make_linear
-from larix import _frozen
 
 
 class TwoLayer(larix.Module):
@@ -136,8 +134,3 @@ def test_changing_the_number_of_leaves_inside_is_an_error():
 
 def test_repr_shows_the_bit_patterns():
     assert repr(larix.Frozen(jnp.ones((2, 3)))) == "Frozen(bits=u32[2,3])"
-
-
-def test_docstring_examples():
-    result = doctest.testmod(_frozen)
-    assert result.attempted > 0 and result.failed == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +9,6 @@ import pytest
 
 import larix
 from conftest import Linear, make_linear
-from larix import _jvp_vjp
 
 
 def _f(w, x):
@@ -142,9 +139,3 @@ def test_vjp_under_vmap_gives_per_example_cotangents():
 
     xs = jnp.linspace(0, 1, 5)
     np.testing.assert_allclose(larix.filter_vmap(per_example)(xs), jnp.cos(xs), rtol=1e-6)
-
-
-def test_docstring_examples():
-    result = doctest.testmod(_jvp_vjp)
-    assert result.attempted > 0 and result.failed == 0
-

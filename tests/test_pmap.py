@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import os
 import subprocess
 import sys
@@ -16,7 +15,6 @@ import pytest
 
 import larix
 from conftest import make_linear
-from larix import _pmap
 
 
 def test_pmap_matches_jax_pmap_with_static_arguments():
@@ -48,6 +46,18 @@ def test_pmap_module_out_axes_and_axis_name():
     )
     np.testing.assert_allclose(out[0], n * jnp.ones((n, 4)))
     np.testing.assert_allclose(out[1], jnp.arange(2.0))
+
+
+def test_pmap_keyword_arguments_and_decorator_form():
+    n = jax.local_device_count()
+
+    @larix.filter_pmap(in_axes={"y": None})
+    def f(x, *, y, label):
+        return x + y, label
+
+    out, label = f(jnp.ones((n, 2)), y=jnp.arange(2.0), label="l")
+    np.testing.assert_allclose(out, jnp.ones((n, 2)) + jnp.arange(2.0))
+    assert label == "l" and f.__name__ == "f"
 
 
 def test_pmap_errors():
@@ -106,8 +116,3 @@ def test_pmap_over_four_simulated_devices():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
-
-
-def test_docstring_examples():
-    result = doctest.testmod(_pmap)
-    assert result.attempted > 0 and result.failed == 0

@@ -270,12 +270,6 @@ def test_environment_variable_switches_explanations_on():
     assert "array at args[0] changed: f32[32,64] -> f32[16,64]" in result.stderr
 
 
-def test_without_the_environment_variable_nothing_is_logged():
-    result = _run_script(None)
-    assert result.returncode == 0, result.stderr
-    assert "compiling again" not in result.stderr
-
-
 # --------------------------------------------------------------------------- fresh-lambda warning
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -12,7 +10,6 @@ import pytest
 
 import larix
 from conftest import Linear, make_linear
-from larix import _shapes
 
 
 class Encoder(larix.Module):
@@ -116,8 +113,3 @@ def test_make_jaxpr_closed_over_arrays_become_constants_and_kwargs_are_inputs():
     assert len(jaxpr.jaxpr.invars) == 2
     assert len(jaxpr.consts) == 1 and jaxpr.consts[0] is w
     assert larix.filter_make_jaxpr(jnp.sin).__wrapped__ is jnp.sin
-
-
-def test_docstring_examples():
-    result = doctest.testmod(_shapes)
-    assert result.attempted > 0 and result.failed == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -13,7 +11,6 @@ from hypothesis import given
 
 import larix
 from conftest import Linear, Pair, make_linear, pytrees
-from larix import _vmap
 
 # --------------------------------------------------------------------------- against jax.vmap
 
@@ -61,7 +58,7 @@ def test_ensemble_of_models():
     np.testing.assert_array_equal(ensemble.weight[2], make(keys[2]).weight)
 
     x = jnp.arange(4.0)
-    same_input = larix.filter_vmap(lambda m, x: m(x), in_axes=(0, None))(ensemble, x)
+    same_input = larix.filter_vmap(lambda m, x: m(x), in_axes=(larix.if_array(0), None))(ensemble, x)
     np.testing.assert_allclose(same_input[5], make(keys[5])(x), rtol=1e-5)
     per_member = larix.filter_vmap(lambda m, x: m(x))(ensemble, jnp.ones((8, 4)))
     assert per_member.shape == (8, 3)
@@ -153,6 +150,12 @@ def test_nested_with_jit_and_grad():
         (m.weight, m.bias), xs
     )
     np.testing.assert_allclose(per_example.weight, expected[0], rtol=1e-5)
+    checkpointed = jax.jit(
+        larix.filter_vmap(
+            larix.filter_grad(lambda model, x: jnp.sum(larix.filter_checkpoint(model)(x) ** 2)), in_axes=(None, 0)
+        )
+    )(m, xs)
+    np.testing.assert_allclose(checkpointed.weight, expected[0], rtol=1e-5)
     twice = larix.filter_vmap(larix.filter_vmap(lambda x, s: x * s, in_axes=(0, None)))(jnp.ones((2, 3)), jnp.arange(2.0))
     np.testing.assert_allclose(twice, jnp.arange(2.0)[:, None] * jnp.ones((2, 3)))
 
@@ -208,8 +211,3 @@ def test_error_output_specs():
         larix.filter_vmap(lambda x: x, out_axes=3)(jnp.ones((3, 2)))
     with pytest.raises(ValueError, match=r"out_axes must be a pytree prefix of the output"):
         larix.filter_vmap(lambda x: x, out_axes=(0, 0))(jnp.ones(3))
-
-
-def test_docstring_examples():
-    result = doctest.testmod(_vmap)
-    assert result.attempted > 0 and result.failed == 0

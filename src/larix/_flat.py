@@ -20,7 +20,7 @@ import numpy as np
 
 from ._module import Module
 from ._partition import leaf_owners
-from ._paths import entry_name, python_path
+from ._paths import entry_name, flatten_one_level_with_keys, python_path
 
 __all__ = ["Skeleton", "merge", "split"]
 
@@ -68,7 +68,7 @@ def _walk_keys(node: Any, key: str, out: list[str], is_leaf: Any) -> None:
                 _walk_keys(child, prefix + i, out, is_leaf)
     elif t is dict:
         names = {k: str(k) for k in node}
-        if len(set(names.values())) < len(names) or any("." in k for k in names.values()):
+        if len(set(names.values())) < len(names) or any("." in k or not k for k in names.values()):
             raise _Collision
         for k in sorted(node):
             _walk_keys(node[k], prefix + names[k], out, is_leaf)
@@ -80,14 +80,14 @@ def _walk_keys(node: Any, key: str, out: list[str], is_leaf: Any) -> None:
             _walk_keys(d[name], prefix + name, out, is_leaf)
     else:
         try:
-            children, _ = jtu.flatten_one_level_with_keys(node)
+            children, _ = flatten_one_level_with_keys(node)
         except ValueError:
             out.append(key)  # not a registered node: a leaf
             return
-        for entry, child in children:
-            name = entry_name(entry)
-            if "." in name:
-                raise _Collision
+        names = [entry_name(entry) for entry, _ in children]
+        if len(set(names)) < len(names) or any("." in name or not name for name in names):
+            raise _Collision
+        for name, (_, child) in zip(names, children):
             _walk_keys(child, prefix + name, out, is_leaf)
 
 
@@ -129,7 +129,7 @@ class Skeleton:
     Call it (or use [`larix.merge`][]) to rebuild the tree from the dicts.
     """
 
-    __slots__ = ("__weakref__", "_hash", "_memo_key", "keys", "num_parts", "owners", "treedef")
+    __slots__ = ("__weakref__", "_hash", "keys", "num_parts", "owners", "treedef")
 
     def __init__(self, treedef: Any, keys: tuple[str, ...], owners: tuple[int, ...], num_parts: int):
         self.treedef = treedef
@@ -140,9 +140,6 @@ class Skeleton:
         #: how many dicts `merge` expects: the number of filter specs plus one
         self.num_parts = num_parts
         self._hash = hash((treedef, owners, num_parts))
-        # The filter specs that made this split, when hashable: `merge` uses them to give
-        # the Module it builds its split memo, so splitting it again costs O(1).
-        self._memo_key: Any = None
 
     def part_keys(self, part: int) -> list[str]:
         """The keys of dict number `part` (0-based), in flattening order."""
@@ -247,7 +244,6 @@ def split(tree: Any, *filter_specs: Any, is_leaf: Callable[[Any], bool] | None =
             dicts.append({keys[j]: everything.pop(keys[j]) for j, o in enumerate(owners) if o == part})
     dicts[largest] = everything
     skeleton = Skeleton(treedef, tuple(keys), tuple(owners), len(dicts))
-    skeleton._memo_key = _specs_key(filter_specs, is_leaf)
     if memo_key is not None and _memoisable(tree):
         tree.__dict__[_SPLIT_MEMO] = (memo_key, (skeleton, tuple(dict(d) for d in dicts)))
     return (skeleton, *dicts)
@@ -285,10 +281,10 @@ def merge(skeleton: Skeleton, *dicts: dict[str, Any]) -> Any:
         mismatch = True
     if mismatch:
         raise ValueError(_mismatch_message(skeleton, dicts))
-    tree = skeleton.treedef.unflatten(leaves)
-    if skeleton._memo_key is not None and isinstance(tree, Module) and _memoisable(tree):
-        tree.__dict__[_SPLIT_MEMO] = (skeleton._memo_key, (skeleton, tuple(dict(d) for d in dicts)))
-    return tree
+    # No split memo for the result: the dicts may hold leaves that the filter specs would
+    # now assign differently (an int array merged into the float part), so a later split
+    # must look. filter_jit's outputs, whose leaves it knows, are born with theirs.
+    return skeleton.treedef.unflatten(leaves)
 
 
 def _mismatch_message(skeleton: Skeleton, dicts: tuple[Any, ...]) -> str:

@@ -8,6 +8,7 @@ part recorded at trace time. Nothing here waits for the device.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import operator
@@ -22,9 +23,9 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._filters import is_array
-from ._flat import _memoisable
+from ._flat import _LEAF_TYPES, _dynamic_field_names
 from ._module import MODULE_TYPES, Module
-from ._paths import python_path
+from ._paths import flatten_one_level_with_keys, python_path
 from ._recompile import TraceLog, explain, record_trace
 
 __all__ = ["filter_jit"]
@@ -41,6 +42,8 @@ class _Static:
         "__weakref__",
         "_hash",
         "bare",
+        "field_types",
+        "fields",
         "memoisable",
         "num_arrays",
         "positions",
@@ -50,8 +53,17 @@ class _Static:
         "values",
     )
 
-    def __init__(self, treedef: Any, template: list[Any], positions: tuple[int, ...], memoisable: bool):
-        # `template` holds the leaves with None in the array slots `positions`.
+    def __init__(
+        self,
+        treedef: Any,
+        template: list[Any],
+        positions: tuple[int, ...],
+        memoisable: bool,
+        fields: tuple[Any, ...] = (),
+        hashable: bool = True,
+    ):
+        # `template` holds the leaves with None in the array slots `positions`; `fields` the
+        # values of every Module static field in the tree, in traversal order.
         self.treedef = treedef
         self.template = template
         self.positions = positions
@@ -60,8 +72,18 @@ class _Static:
         self.memoisable = memoisable
         self.values = tuple(template)
         # Types too: 1, 1.0 and True are equal and hash alike, but must not share a trace.
+        # The treedef compares static fields with == only, so their types are kept as well.
         self.types = tuple(map(type, template))
-        self._hash = hash((treedef, positions, self.values))
+        self.fields = fields
+        self.field_types = tuple(map(type, fields))
+        # The treedef's own hash skips Module static fields: hash them explicitly, which
+        # also rejects an unhashable one (a list) instead of serving stale compilations.
+        try:
+            self._hash: int | None = hash((treedef, positions, self.values, fields))
+        except TypeError:
+            if hashable:
+                raise
+            self._hash = None  # an output: compared by value, never a cache key
 
     def rebuild(self, arrays: Any) -> Any:
         if self.bare:
@@ -72,7 +94,7 @@ class _Static:
         return self.treedef.unflatten(leaves)
 
     def __hash__(self) -> int:
-        return self._hash
+        return id(self) if self._hash is None else self._hash
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -82,28 +104,65 @@ class _Static:
         return (
             self.positions == other.positions
             and self.types == other.types
+            and self.field_types == other.field_types
             and self.values == other.values
             and self.treedef == other.treedef
         )
 
 
-_INTERNED: weakref.WeakValueDictionary[_Static, _Static] = weakref.WeakValueDictionary()
+# Interned static parts: hash -> weak references. Not a WeakValueDictionary, whose keys
+# (here the statics themselves) would be held strongly and never freed.
+_INTERNED: dict[int, list[weakref.ref[_Static]]] = {}
 _INTERN_LOCK = threading.Lock()
+
+
+def _forget(h: int, ref: weakref.ref[_Static]) -> None:
+    with _INTERN_LOCK:
+        refs = _INTERNED.get(h)
+        if refs is not None:
+            refs[:] = [r for r in refs if r is not ref]
+            if not refs:
+                del _INTERNED[h]
 
 
 def _intern(static: _Static) -> _Static:
     # One object per distinct static part, so that the static part of a model that a
-    # jitted call returned *is* the one of the model that went in: cache lookups then
-    # compare by identity instead of walking two treedefs (benchmarks: adam step).
+    # jitted call returned *is* the one of the model that went in: the cache key is then
+    # the ids of the static parts, a tuple of ints hashed and compared in C.
+    h = static._hash
+    if h is None:
+        return static
     with _INTERN_LOCK:
-        existing = _INTERNED.get(static)
-        if existing is None:
-            _INTERNED[static] = static
-            return static
-        return existing
+        refs = _INTERNED.setdefault(h, [])
+        for ref in refs:
+            existing = ref()
+            if existing is not None and existing == static:
+                return existing
+        refs.append(weakref.ref(static, functools.partial(_forget, h)))
+    return static
 
 
-def _make_static(x: Any, where: str, memoise: bool) -> tuple[_Static, tuple[Any, ...]]:
+def _inspect(node: Any, fields: list[Any]) -> bool:
+    """Collect the values of all Module static fields in `node` into `fields`, and return
+    whether every container in it is immutable (so that its split may be memoised)."""
+    t = type(node)
+    if t in _LEAF_TYPES or node is None:
+        return True
+    if t in MODULE_TYPES:
+        d = node.__dict__
+        fields.extend(d[name] for name in t._larix_static_fields)  # type: ignore[attr-defined]
+        return all([_inspect(d[name], fields) for name in _dynamic_field_names(t)])
+    if isinstance(node, tuple) and set(map(type, node)) <= _LEAF_TYPES:
+        return True  # C-level check: a tuple of plain leaves
+    try:
+        children = flatten_one_level_with_keys(node)[0]
+    except ValueError:
+        return True  # a leaf
+    immutable = all([_inspect(child, fields) for _, child in children])
+    return immutable and isinstance(node, tuple)
+
+
+def _make_static(x: Any, where: str, memoise: bool, hashable: bool = True) -> tuple[_Static, tuple[Any, ...]]:
     leaves, treedef = jtu.tree_flatten(x)
     # Decide "array or not" once per leaf *type*, and select with C-level map/compress:
     # 10x faster than calling is_array per leaf at 100k leaves (benchmarks: first call).
@@ -118,10 +177,14 @@ def _make_static(x: Any, where: str, memoise: bool) -> tuple[_Static, tuple[Any,
             template[p] = None
     else:
         positions, arrays, template = (), (), leaves
+    fields: list[Any] = []
+    immutable = _inspect(x, fields)
     try:
-        static = _Static(treedef, template, positions, memoise and _memoisable(x))
+        static = _Static(treedef, template, positions, memoise and immutable, tuple(fields), hashable)
     except TypeError:
         raise _unhashable_error(x, where) from None
+    if static._hash is None:
+        static.memoisable = False
     return static, arrays
 
 
@@ -154,7 +217,7 @@ def _unhashable_error(x: Any, where: str) -> TypeError:
                         "or declare the field without static=True if it holds arrays."
                     )
         try:
-            children = jtu.flatten_one_level_with_keys(node)[0]
+            children = flatten_one_level_with_keys(node)[0]
         except ValueError:
             continue
         stack.extend((child, (*path, key)) for key, child in children)
@@ -211,7 +274,7 @@ class _OutStatic:
         return isinstance(other, _OutStatic) and self.container is other.container and self.parts == other.parts
 
     def __hash__(self) -> int:
-        return hash((self.container, self.parts))
+        return hash((self.container, *map(hash, self.parts)))
 
 
 def _split_output(out: Any) -> tuple[_OutStatic, list[Any]]:
@@ -219,8 +282,10 @@ def _split_output(out: Any) -> tuple[_OutStatic, list[Any]]:
     elements = out if container is not None else (out,)
     parts, arrays = [], []
     for i, element in enumerate(elements):
-        static, element_arrays = _make_static(element, f"output[{i}]", memoise=isinstance(element, Module))
-        parts.append(_intern(static) if static.memoisable else static)
+        static, element_arrays = _make_static(
+            element, f"output[{i}]", memoise=isinstance(element, Module), hashable=False
+        )
+        parts.append(_intern(static))
         arrays.extend(element_arrays)
     return _OutStatic(container, tuple(parts)), arrays
 
@@ -237,8 +302,22 @@ class _Boxed:
 jtu.register_pytree_node(_Boxed, lambda b: (b.arrays, b.static), lambda s, a: _Boxed(a, s))
 
 
-def _unbox(out: _Boxed) -> Any:
-    return out.static.rebuild(out.arrays)
+def _finish_either(unboxed_finish: Callable[[Any], Any], out: Any) -> Any:
+    if type(out) is _Boxed:
+        return out.static.rebuild(out.arrays)
+    return unboxed_finish(out)
+
+
+class _Quietly:
+    """Silence JAX's warning that a donated buffer could not be used (CPU has no donation)."""
+
+    def __enter__(self) -> None:
+        self._manager = warnings.catch_warnings()
+        self._manager.__enter__()
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+    def __exit__(self, *exc: Any) -> None:
+        self._manager.__exit__(*exc)
 
 
 class _OutputStaticChanged(Exception):  # noqa: N818 - internal signal, caught in __call__
@@ -285,6 +364,8 @@ class _JitWrapper:
         are interned, so ids stand for values, and a tuple of ints hashes in C; each entry of
         the cache holds its static parts, so their ids cannot be reused while it lives.
         """
+        if kwargs:  # keyword order must not matter: f(a=1, b=2) is f(b=2, a=1)
+            kwargs = {name: kwargs[name] for name in sorted(kwargs)}
         key: list[Any] = [tuple(kwargs)]
         arrays: list[Any] = []
         parts: list[Any] = []
@@ -358,7 +439,9 @@ class _JitWrapper:
         with self._lock:
             if not entry.boxed:
                 entry.boxed = True
-                entry.finish = _unbox
+                # A call that read the unboxed `fn` before this switch still returns plain
+                # arrays, consistent with `out_static`: keep finishing those the old way.
+                entry.finish = functools.partial(_finish_either, entry.finish)
                 entry.fn = self._jit(entry)
 
     def _jit(self, entry: _Entry) -> Any:
@@ -409,8 +492,7 @@ class _JitWrapper:
 
         @functools.wraps(jitted)
         def quietly(*arrays: Any) -> Any:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+            with _Quietly():
                 return jitted(*arrays)
 
         quietly.lower = jitted.lower  # type: ignore[attr-defined]
@@ -430,7 +512,13 @@ class _JitWrapper:
         """Trace and lower for these arguments without running: `jax.jit(...).lower`."""
         key, arrays, parts = self._key(args, kwargs)
         entry = self._cache.get(key) or self._new_entry(key, parts, len(args))
-        return _Lowered(self, key, entry, entry.fn.lower(*arrays))
+        with _Quietly() if self._quiet_donation else contextlib.nullcontext():
+            try:
+                lowered = entry.fn.lower(*arrays)
+            except _OutputStaticChanged:
+                self._box(entry)
+                lowered = entry.fn.lower(*arrays)
+        return _Lowered(self, key, entry, lowered)
 
     def __get__(self, instance: Any, owner: Any = None) -> Any:
         if instance is None:
@@ -456,14 +544,19 @@ class _Lowered:
         return self.lowered.as_text()
 
     def compile(self) -> _Compiled:
-        return _Compiled(self._wrapper, self._key, self._entry, self.lowered.compile())
+        with _Quietly() if self._wrapper._quiet_donation else contextlib.nullcontext():
+            compiled = self.lowered.compile()
+        return _Compiled(self._wrapper, self._key, self._entry, compiled)
 
 
 class _Compiled:
     """A compiled filter_jit call: call it with arguments like the ones it was lowered for."""
 
     def __init__(self, wrapper: _JitWrapper, key: Any, entry: _Entry, compiled: Any):
-        self._wrapper, self._key, self._entry, self.compiled = wrapper, key, entry, compiled
+        self._wrapper, self._key, self.compiled = wrapper, key, compiled
+        # Captured now: later calls of the wrapper may switch the entry to boxed outputs,
+        # but this executable keeps returning what it was traced to return.
+        self._finish = entry.finish
 
     def as_text(self) -> str:
         return self.compiled.as_text()
@@ -479,7 +572,9 @@ class _Compiled:
                 "structure. Call `.lower(...)` again with these arguments, or use the "
                 "filter_jit function itself, which compiles as needed."
             )
-        return self._entry.finish(self.compiled(*arrays))
+        with _Quietly() if self._wrapper._quiet_donation else contextlib.nullcontext():
+            out = self.compiled(*arrays)
+        return self._finish(out)
 
 
 def filter_jit(fun: Callable[..., Any] | None = None, *, donate: str = "none", **jitkwargs: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import jax.tree_util as jtu
 
-__all__ = ["dotted_path", "python_path", "entry_name"]
+__all__ = ["dotted_path", "entry_name", "flatten_one_level_with_keys", "python_path", "structure_mismatch"]
 
 
 def entry_name(entry: Any) -> str:
@@ -54,12 +54,26 @@ def python_path(path: Sequence[Any], root: str = "tree") -> str:
     return "".join(parts)
 
 
+def flatten_one_level_with_keys(node: Any) -> tuple[list[tuple[Any, Any]], Any]:
+    """`jax.tree_util.flatten_one_level_with_keys`, with namedtuple fields named right.
+
+    (jax 0.10.2 names every field of a namedtuple after its first one.)
+
+    **Raises:** `ValueError` if `node` is a leaf.
+    """
+    fields = getattr(type(node), "_fields", None)
+    if isinstance(node, tuple) and isinstance(fields, tuple):
+        return [(jtu.GetAttrKey(f), v) for f, v in zip(fields, node)], type(node)
+    children, metadata = jtu.flatten_one_level_with_keys(node)
+    return list(children), metadata
+
+
 def _one_level(node: Any, is_leaf: Any) -> tuple[tuple[tuple[Any, Any], ...], Any] | None:
     """`((key, child), ...), metadata` of a pytree node, or `None` if `node` is a leaf."""
     if is_leaf is not None and is_leaf(node):
         return None
     try:
-        children, metadata = jtu.flatten_one_level_with_keys(node)
+        children, metadata = flatten_one_level_with_keys(node)
     except ValueError:
         return None
     return tuple(children), metadata

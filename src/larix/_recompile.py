@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.tree_util as jtu
+import jaxlib
 
 from ._paths import python_path, structure_mismatch
 from ._pformat import tree_pformat
@@ -140,13 +143,28 @@ def _fresh_callables(changes: list[str], old: Any, new: Any, labels: list[str]) 
     """Static leaves that are a new function object with the same code as before."""
     found = []
     for label, s_old, s_new in zip(labels, old[0][0], new[0][0]):
-        if s_old is s_new or s_old.treedef != s_new.treedef:
+        if s_old is s_new or len(s_old.values) != len(s_new.values) or len(s_old.fields) != len(s_new.fields):
             continue
-        for a, b in zip(s_old.values, s_new.values):
+        for a, b in zip(s_old.values + s_old.fields, s_new.values + s_new.fields):
             code = getattr(a, "__code__", None)
             if a is not b and code is not None and code is getattr(b, "__code__", None):
                 found.append(f"{label} ({code.co_name} at {code.co_filename}:{code.co_firstlineno})")
     return found
+
+
+_INTERNAL_DIRS = tuple(
+    os.path.dirname(m.__file__) + os.sep for m in (sys.modules["larix"], jax, jaxlib) if m.__file__
+)
+
+
+def _caller_stacklevel() -> int:
+    """The `stacklevel` that points a warning at the first frame outside larix and JAX."""
+    frame = sys._getframe(1)
+    level = 1  # stacklevel 1 is the frame that calls warnings.warn, our caller
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class TraceLog:
@@ -164,12 +182,14 @@ def record_trace(log: TraceLog, key: Any, arrays: Any, labels: list[str]) -> str
     reason = ""
     if traces:
         best: list[str] | None = None
-        for old in reversed(traces):
+        # Prefer traces called the same way (same positional count and keyword names).
+        same_call = [t for t in traces if t[0][1:] == key[1:]]
+        for old in reversed(same_call or traces):
             changes = _differences(old, new, labels)
             if best is None or (changes and len(changes) < len(best)):
                 best = changes
         reason = "; ".join(best or ["nothing visible changed (another trace of the same inputs)"])
-        fresh = _fresh_callables(best or [], traces[-1], new, labels)
+        fresh = _fresh_callables(best or [], (same_call or traces)[-1], new, labels)
         if fresh and not log.warned_fresh:
             log.warned_fresh = True
             warnings.warn(
@@ -178,7 +198,7 @@ def record_trace(log: TraceLog, key: Any, arrays: Any, labels: list[str]) -> str
                 "a lambda or closure created inside a loop, and compiles on every call. Create "
                 "it once outside the loop, or make it a Module (whose arrays are traced).",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=_caller_stacklevel(),
             )
     traces.append(new)
     del traces[:-_MAX_REMEMBERED]

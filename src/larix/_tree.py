@@ -10,7 +10,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._filters import is_array
-from ._paths import python_path, structure_mismatch
+from ._paths import flatten_one_level_with_keys, python_path, structure_mismatch
 
 __all__ = [
     "apply_updates",
@@ -57,7 +57,7 @@ def _mirror(node: Any, is_leaf: Callable[[Any], bool], path: tuple[Any, ...], in
     children = None
     if not is_leaf(node):
         try:
-            children, _ = jtu.flatten_one_level_with_keys(node)
+            children, _ = flatten_one_level_with_keys(node)
         except ValueError:
             children = None
     if children is None:
@@ -80,7 +80,7 @@ def _replace_at(node: Any, path: tuple[Any, ...], targets: dict[tuple[Any, ...],
         return targets[path](node)
     if not any(t[: len(path)] == path for t in targets):
         return node
-    children, _ = jtu.flatten_one_level_with_keys(node)
+    children, _ = flatten_one_level_with_keys(node)
     _, treedef = jtu.tree_flatten(node, is_leaf=lambda x: x is not node)
     return treedef.unflatten([_replace_at(c, (*path, k), targets, is_leaf) for k, c in children])
 
@@ -264,7 +264,7 @@ def tree_check(pytree: Any) -> None:
 
     def visit(node: Any, path: tuple[Any, ...], ancestors: frozenset[int]) -> None:
         try:
-            children, _ = jtu.flatten_one_level_with_keys(node)
+            children, _ = flatten_one_level_with_keys(node)
         except ValueError:
             return
         if not children:

@@ -1,9 +1,10 @@
 """filter_vmap: vectorise a function of any pytrees over a batch axis.
 
-The axis machinery here is shared with `filter_pmap` (`_pmap.py`). Both resolve the axis specs to one axis (or `None`) per leaf of the arguments, hand the
-mapped arrays to `jax.vmap` / `jax.pmap` as a flat list, and close over the rest. Outputs
-leave the JAX transform on axis 0 (arrays) or not at all (everything else), and are then
-moved to the axis that `out_axes` asks for.
+The axis machinery here is shared with `filter_pmap` (`_pmap.py`). Both resolve the axis
+specs to one axis (or `None`) per leaf of the arguments, hand the mapped arrays to
+`jax.vmap` / `jax.pmap` as a flat list, and close over the rest. Outputs leave the JAX
+transform on axis 0 (arrays) or not at all (everything else), and are then moved to the
+axis that `out_axes` asks for.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def _is_none(x: Any) -> bool:
 
 
 def check_spec(spec: Any, what: str, name: str) -> AxisSpec:
+    """Validate an `in_axes` / `out_axes` argument when the transform is created."""
     for path, leaf in jtu.tree_flatten_with_path(spec, is_leaf=_is_none)[0]:
         if leaf is None or callable(leaf) or (isinstance(leaf, int) and not isinstance(leaf, bool)):
             continue

@@ -84,19 +84,22 @@ def get_num_traces(fn: Callable[..., Any]) -> int:
 
     **Raises:** `TypeError` if `fn` counts nothing.
     """
+    from ._jit import _JitWrapper
+    from ._partial import Partial
+
     seen = 0
     current: Any = fn
     while current is not None and seen < 16:
         seen += 1
+        if isinstance(current, Partial):  # a method decorated with @filter_jit, bound
+            current = current.func
         if isinstance(current, _TraceCounter):
             return current.num_traces
         inner = getattr(current, "__wrapped__", None)
-        if inner is None and hasattr(current, "num_traces"):
-            return int(current.num_traces)
+        if isinstance(current, _JitWrapper) and not isinstance(inner, _TraceCounter):
+            return current.num_traces
         if inner is None:
             break
-        if hasattr(current, "num_traces") and not isinstance(inner, _TraceCounter):
-            return int(current.num_traces)
         current = inner
     raise TypeError(
         f"get_num_traces: {fn!r} does not count its traces. Wrap the function with "
@@ -111,7 +114,14 @@ def recompile_reasons(fn: Callable[..., Any]) -> list[str]:
     trace (see [`larix.debug.explain_recompiles`][]). Recorded whether or not logging of
     explanations is switched on.
     """
-    reasons = getattr(fn, "recompile_reasons", None)
-    if reasons is None:
-        raise TypeError(f"recompile_reasons: {fn!r} is not a larix.filter_jit function.")
-    return list(reasons)
+    from ._jit import _JitWrapper
+    from ._partial import Partial
+
+    current: Any = fn.func if isinstance(fn, Partial) else fn
+    for _ in range(16):
+        if isinstance(current, _JitWrapper):
+            return list(current.recompile_reasons)
+        current = getattr(current, "__wrapped__", None)
+        if current is None:
+            break
+    raise TypeError(f"recompile_reasons: {fn!r} is not a larix.filter_jit function.")

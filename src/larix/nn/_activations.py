@@ -1,0 +1,53 @@
+"""PReLU: a leaky ReLU whose negative slope is learnt."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import jax.numpy as jnp
+
+from .._module import Module
+from ._misc import default_floating_dtype
+
+if TYPE_CHECKING:
+    from jaxtyping import Array, ArrayLike, PRNGKeyArray
+
+__all__ = ["PReLU"]
+
+
+class PReLU(Module):
+    """The parametric ReLU: `x` where `x >= 0`, `negative_slope * x` elsewhere.
+
+    **Fields:**
+
+    - `negative_slope`: the learnt slope; a scalar, or an array broadcastable to the input
+      (one slope per channel, say).
+
+    !!! example
+        ```python
+        >>> import jax.numpy as jnp, larix
+        >>> larix.nn.PReLU(0.1)(jnp.array([-2.0, 3.0]))
+        Array([-0.2,  3. ], dtype=float32)
+
+        ```
+    """
+
+    negative_slope: Array
+
+    def __init__(self, init_alpha: float | ArrayLike = 0.25):
+        """**Arguments:**
+
+        - `init_alpha`: the initial slope: a float, or an array of slopes broadcastable
+          to the input.
+        """
+        if isinstance(init_alpha, (int, float)):
+            self.negative_slope = jnp.asarray(init_alpha, default_floating_dtype())
+        else:
+            self.negative_slope = jnp.asarray(init_alpha)
+
+    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
+        """**Arguments:** `x`, an array of any shape; `key`, ignored.
+
+        **Returns:** an array of the shape of `x`.
+        """
+        return jnp.where(x >= 0, x, self.negative_slope * x)

@@ -1,0 +1,189 @@
+"""Embedding (a lookup table) and RotaryPositionalEmbedding (RoPE)."""
+
+from __future__ import annotations
+
+# ruff: noqa: F722 - jaxtyping shape strings are not forward references
+
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+
+from .._module import Module, field
+from ._misc import check_size, default_floating_dtype, resolve_dtype
+
+if TYPE_CHECKING:
+    from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+
+__all__ = ["Embedding", "RotaryPositionalEmbedding"]
+
+
+class Embedding(Module):
+    """A lookup table: `Embedding(...)(i)` is row `i` of `weight`.
+
+    **Fields:**
+
+    - `weight`: the table, of shape `(num_embeddings, embedding_size)`; initialised from a
+      standard normal distribution.
+    - `num_embeddings`, `embedding_size`: the table's shape (static).
+
+    !!! example
+        ```python
+        >>> import jax, jax.numpy as jnp, larix
+        >>> embed = larix.nn.Embedding(10, 4, key=jax.random.key(0))
+        >>> embed(3).shape
+        (4,)
+        >>> jax.vmap(embed)(jnp.array([1, 2, 3])).shape  # several indices: vmap
+        (3, 4)
+
+        ```
+    """
+
+    num_embeddings: int = field(static=True)
+    embedding_size: int = field(static=True)
+    weight: Float[Array, "num_embeddings embedding_size"]
+
+    def __init__(
+        self,
+        num_embeddings: int | None = None,
+        embedding_size: int | None = None,
+        weight: Float[Array, "num_embeddings embedding_size"] | None = None,
+        dtype: Any = None,
+        *,
+        key: PRNGKeyArray | None = None,
+    ):
+        """Give either `num_embeddings`, `embedding_size` and `key`, or `weight`.
+
+        **Arguments:**
+
+        - `num_embeddings`: the number of rows of the table.
+        - `embedding_size`: the size of each embedding vector.
+        - `weight`: alternatively, the table itself, of shape
+          `(num_embeddings, embedding_size)`.
+        - `dtype`: the dtype of a new table (default `float32`, or `float64` in 64-bit
+          mode).
+        - `key`: keyword-only; a `jax.random` key to initialise a new table.
+
+        **Raises:** `ValueError` if the arguments do not determine the table.
+        """
+        if weight is None:
+            if num_embeddings is None or embedding_size is None or key is None:
+                raise ValueError(
+                    "Embedding needs either `num_embeddings`, `embedding_size` and `key=` (to "
+                    "initialise a new table), or `weight=` (an existing table)."
+                )
+            check_size("Embedding", "num_embeddings", num_embeddings, minimum=0)
+            check_size("Embedding", "embedding_size", embedding_size, minimum=0)
+            weight = jax.random.normal(key, (num_embeddings, embedding_size), resolve_dtype(dtype))
+        else:
+            shape = jnp.shape(weight)
+            if len(shape) != 2 or (num_embeddings, embedding_size) not in (
+                (None, None),
+                shape,
+                (shape[0], None),
+                (None, shape[1]),
+            ):
+                raise ValueError(
+                    f"Embedding: `weight` must have shape (num_embeddings, embedding_size) "
+                    f"matching the sizes given; got shape {shape} with "
+                    f"num_embeddings={num_embeddings}, embedding_size={embedding_size}."
+                )
+            num_embeddings, embedding_size = shape
+        self.num_embeddings = num_embeddings
+        self.embedding_size = embedding_size
+        self.weight = weight
+
+    def __call__(self, x: Int[ArrayLike, ""], *, key: PRNGKeyArray | None = None) -> Float[Array, " embedding_size"]:
+        """**Arguments:**
+
+        - `x`: the index, a scalar integer.
+        - `key`: ignored.
+
+        **Returns:** the embedding, an array of shape `(embedding_size,)`.
+
+        **Raises:** `ValueError` if `x` is not a scalar; `TypeError` if it is not an
+        integer.
+        """
+        if jnp.ndim(x) != 0:
+            raise ValueError(
+                f"Embedding takes one scalar index, got shape {jnp.shape(x)}. To embed several "
+                "indices, vmap over them: `jax.vmap(embedding)(indices)`."
+            )
+        if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
+            raise TypeError(f"Embedding: the index must be an integer, got dtype {jnp.result_type(x)}.")
+        return self.weight[x]
+
+
+class RotaryPositionalEmbedding(Module):
+    """Rotary positional embedding (RoPE): rotates pairs of features of the entry at
+    position `t` by angles `t * theta ** (-2i / embedding_size)`, so that dot products of
+    queries and keys depend on their relative position.
+
+    The pairs are `(x[i], x[i + embedding_size // 2])` (the "rotate half" layout). Typically
+    used in [`larix.nn.MultiheadAttention`][]'s `process_heads`, vmapped over heads.
+
+    **Fields:**
+
+    - `embedding_size`, `theta`, `dtype`: as passed to `__init__` (static).
+
+    !!! example
+        ```python
+        >>> import jax, jax.numpy as jnp, larix
+        >>> rope = larix.nn.RotaryPositionalEmbedding(4)
+        >>> x = jnp.ones((3, 4))
+        >>> y = rope(x)  # position 0 is unchanged; norms are kept
+        >>> bool(jnp.allclose(y[0], x[0])), bool(jnp.allclose(jnp.linalg.norm(y, axis=1), 2.0))
+        (True, True)
+
+        ```
+    """
+
+    embedding_size: int = field(static=True)
+    theta: float = field(static=True)
+    dtype: Any = field(static=True)
+
+    def __init__(self, embedding_size: int, theta: float = 10_000.0, dtype: Any = None):
+        """**Arguments:**
+
+        - `embedding_size`: the size of each vector; must be even.
+        - `theta`: the base of the frequencies; larger values rotate more slowly.
+        - `dtype`: the dtype of the sines and cosines (default `float32`, or `float64` in
+          64-bit mode).
+
+        **Raises:** `ValueError` if `embedding_size` is odd or negative.
+        """
+        check_size("RotaryPositionalEmbedding", "embedding_size", embedding_size, minimum=0)
+        if embedding_size % 2:
+            raise ValueError(
+                f"RotaryPositionalEmbedding: `embedding_size` must be even (features are "
+                f"rotated in pairs), got {embedding_size}."
+            )
+        self.embedding_size = embedding_size
+        self.theta = theta
+        self.dtype = default_floating_dtype() if dtype is None else dtype
+
+    def __call__(
+        self, x: Float[Array, "seq_length embedding_size"], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, "seq_length embedding_size"]:
+        """**Arguments:**
+
+        - `x`: an array of shape `(seq_length, embedding_size)`.
+        - `key`: ignored.
+
+        **Returns:** the rotated array, of the same shape.
+
+        **Raises:** `ValueError` if `x` has another shape.
+        """
+        if jnp.ndim(x) != 2 or jnp.shape(x)[1] != self.embedding_size:
+            raise ValueError(
+                f"RotaryPositionalEmbedding(embedding_size={self.embedding_size}) expects `x` of "
+                f"shape (seq_length, {self.embedding_size}), got {jnp.shape(x)}. For "
+                "several heads, vmap over the head axis."
+            )
+        seq_length, half = x.shape[0], self.embedding_size // 2
+        frequencies = 1.0 / self.theta ** (jnp.arange(0, self.embedding_size, 2, dtype=self.dtype) / self.embedding_size)
+        angles = jnp.outer(jnp.arange(seq_length, dtype=self.dtype), frequencies)
+        cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)
+        sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)
+        rotated_half = jnp.concatenate([-x[:, half:], x[:, :half]], axis=-1)
+        return (x * cos + rotated_half * sin).astype(x.dtype)

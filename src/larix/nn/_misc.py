@@ -1,0 +1,81 @@
+"""Helpers shared by the layers: default dtypes, initialisers and input checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["NO_STATE", "default_floating_dtype", "ntuple", "resolve_dtype", "shape_error", "uniform"]
+
+
+def default_floating_dtype() -> Any:
+    """`float64` when JAX runs in 64-bit mode (`jax_enable_x64`), else `float32`."""
+    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+
+
+def resolve_dtype(dtype: Any) -> Any:
+    return default_floating_dtype() if dtype is None else dtype
+
+
+def uniform(key: Any, shape: tuple[int, ...], dtype: Any, lim: float) -> jax.Array:
+    """Samples uniform in `[-lim, lim)`; for a complex dtype, the real and imaginary parts
+    are each uniform in that interval."""
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        real_dtype = jnp.finfo(dtype).dtype
+        real_key, imag_key = jax.random.split(key)
+        real = jax.random.uniform(real_key, shape, real_dtype, minval=-lim, maxval=lim)
+        imag = jax.random.uniform(imag_key, shape, real_dtype, minval=-lim, maxval=lim)
+        return jax.lax.complex(real, imag).astype(dtype)
+    return jax.random.uniform(key, shape, dtype, minval=-lim, maxval=lim)
+
+
+def fan_in_bound(fan_in: int) -> float:
+    """`1 / sqrt(fan_in)`: the bound of the uniform initialisation of Linear and Conv."""
+    return 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+
+def check_size(layer: str, name: str, value: Any, *, minimum: int = 1) -> None:
+    """Raise a ValueError unless `value` is an int (not a bool) >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{layer}: `{name}` must be an int >= {minimum}, got {value!r}.")
+
+
+def ntuple(value: int | Sequence[int], n: int, layer: str, name: str) -> tuple[int, ...]:
+    """`3 -> (3, 3)` for n = 2; a sequence must already have length `n`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * n
+    try:
+        values = tuple(value)
+    except TypeError:
+        values = ()
+    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(
+            f"{layer}: `{name}` must be an int or a sequence of {n} ints (one per spatial "
+            f"dimension), got {value!r}."
+        )
+    return values
+
+
+def shape_error(layer: str, expected: tuple[Any, ...] | str, got: tuple[int, ...], single: str = "x") -> ValueError:
+    """A ValueError for an input of the wrong shape, pointing at vmap for batched input."""
+    want = expected if isinstance(expected, str) else str(tuple(expected))
+    message = f"{layer} expects `{single}` of shape {want}, but got shape {tuple(got)}."
+    if not isinstance(expected, str) and len(got) == len(expected) + 1 and tuple(got[1:]) == tuple(expected):
+        message += (
+            " Layers act on a single example: for a batch, map over the leading axis with "
+            "`jax.vmap(layer)(x)` or `larix.filter_vmap(layer)(x)`."
+        )
+    return ValueError(message)
+
+
+class _NoState:
+    def __repr__(self) -> str:
+        return "<no state>"
+
+
+NO_STATE: Any = _NoState()
+"""The default of the optional `state` argument of layers that can stand in for BatchNorm."""
