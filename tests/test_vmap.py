@@ -160,6 +160,21 @@ def test_nested_with_jit_and_grad():
     np.testing.assert_allclose(twice, jnp.arange(2.0)[:, None] * jnp.ones((2, 3)))
 
 
+def test_composes_with_filter_jit_without_retracing():
+    traces = []
+
+    def loss(model, x):
+        traces.append(None)
+        return jnp.sum(model(x) ** 2)
+
+    step = larix.filter_jit(larix.filter_vmap(larix.filter_grad(loss), in_axes=(None, 0)))
+    m = make_linear()
+    for i in range(3):
+        grads = step(m, jnp.full((5, 4), float(i)))
+    assert len(traces) == 1
+    assert type(grads) is Linear and grads.weight.shape == (5, 3, 4)
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -1,6 +1,7 @@
 """larix: pytree-native neural networks for JAX."""
 
 from . import debug as debug
+from . import nn as nn
 
 from ._ad import filter_grad as filter_grad
 from ._ad import filter_hessian as filter_hessian

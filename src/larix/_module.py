@@ -6,6 +6,7 @@ import abc
 import dataclasses
 import functools
 import inspect
+import operator
 import re
 import types
 import typing
@@ -135,25 +136,32 @@ class _MethodDescriptor:
         return self.__func__(*args, **kwargs)
 
 
+_FLAT = "_larix_flat"
+
+
 def _make_flatten(cls: type, dynamic: tuple[str, ...], static: tuple[str, ...]) -> tuple[Any, Any, Any]:
     """Generate flatten / flatten_with_keys / unflatten for `cls`.
 
-    Generated code reads and writes `__dict__` directly: no attribute lookup machinery, no
-    __init__. This keeps Module's flatten within a few percent of a `register_dataclass`
-    class and its unflatten faster (benchmarks/bench_module.py).
+    A frozen instance always flattens the same way, so its `(children, aux)` pair is kept in
+    its `__dict__` (computed on first use, or given at birth by unflatten) and flatten is a
+    C-level `attrgetter`. That brings Module flatten from 1.5-2x to ~1.15x the time of a
+    `register_dataclass` class; unflatten, which skips `__init__`, is ~0.4x of it
+    (benchmarks/bench_module.py). Generated code reads `__dict__` directly, with no
+    attribute machinery and no `__init__`.
     """
     dyn = ", ".join(f"d[{n!r}]" for n in dynamic)
     sta = ", ".join(f"d[{n!r}]" for n in static)
     dyn_t = f"({dyn},)" if dynamic else "()"
     sta_t = f"({sta},)" if static else "()"
     keys = tuple(jtu.GetAttrKey(n) for n in dynamic)
+    pairs = ", ".join(f"(keys[{i}], d[{n!r}])" for i, n in enumerate(dynamic))
     lines = [
-        "def flatten(obj):",
+        "def compute(obj):",
         "    d = obj.__dict__",
         f"    return {dyn_t}, {sta_t}",
         "def flatten_with_keys(obj):",
         "    d = obj.__dict__",
-        f"    return tuple(zip(keys, {dyn_t})), {sta_t}",
+        f"    return ({pairs}{',' if dynamic else ''}), {sta_t}",
         "def unflatten(aux, children):",
         "    obj = new(cls)",
         "    d = obj.__dict__",
@@ -162,10 +170,25 @@ def _make_flatten(cls: type, dynamic: tuple[str, ...], static: tuple[str, ...]) 
         lines.append(f"    {dyn_t[1:-1]} = children")
     if static:
         lines.append(f"    {sta_t[1:-1]} = aux")
+    lines.append(f"    d[{_FLAT!r}] = (children, aux)")
     lines.append("    return obj")
     namespace: dict[str, Any] = {"keys": keys, "new": object.__new__, "cls": cls}
     exec("\n".join(lines), namespace)  # noqa: S102 - code generated from field names only
-    return namespace["flatten"], namespace["flatten_with_keys"], namespace["unflatten"]
+    cls._larix_compute_flat = staticmethod(namespace["compute"])  # type: ignore[attr-defined]
+    return operator.attrgetter(_FLAT), namespace["flatten_with_keys"], namespace["unflatten"]
+
+
+class _FlatCache:
+    """`instance._larix_flat`, computed on first use and then kept in the instance's dict."""
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        flat = type(instance)._larix_compute_flat(instance)
+        d = instance.__dict__
+        if _INITIALISING not in d:  # fields may still change while __init__ runs
+            d[_FLAT] = flat
+        return flat
 
 
 def _wraps_module(value: Any) -> bool:
@@ -363,6 +386,7 @@ class Module(metaclass=_ModuleMeta):
     """
 
     __larix_abstract_vars__: typing.ClassVar[dict[str, str]] = {}
+    _larix_flat: typing.ClassVar[Any] = _FlatCache()
 
     def __setattr__(self, name: str, value: Any) -> None:
         if _INITIALISING in self.__dict__:

@@ -1,8 +1,8 @@
 """Conv: N-dimensional convolution, and Conv1d / Conv2d / Conv3d."""
 
-from __future__ import annotations
-
 # ruff: noqa: F722 - jaxtyping shape strings are not forward references
+
+from __future__ import annotations
 
 import math
 from collections.abc import Sequence
@@ -126,7 +126,7 @@ class Conv(Module):
 
     num_spatial_dims: int = field(static=True)
     weight: Float[Array, "out_channels in_channels_per_group *kernel_size"]
-    bias: Float[Array, "out_channels *ones"] | None
+    bias: Float[Array, "out_channels ..."] | None
     in_channels: int = field(static=True)
     out_channels: int = field(static=True)
     kernel_size: tuple[int, ...] = field(static=True)
@@ -196,7 +196,7 @@ class Conv(Module):
         self.weight = uniform(weight_key, (out_channels, in_channels // groups, *self.kernel_size), dtype, lim)
         self.bias = uniform(bias_key, (out_channels,) + (1,) * n, dtype, lim) if use_bias else None
 
-    def __call__(self, x: Float[Array, "in_channels *spatial"], *, key: PRNGKeyArray | None = None) -> Float[Array, "out_channels *new_spatial"]:
+    def __call__(self, x: Float[Array, "in_channels ..."], *, key: PRNGKeyArray | None = None) -> Float[Array, "out_channels ..."]:
         """**Arguments:**
 
         - `x`: an array of shape `(in_channels, dim_1, ..., dim_N)`.

@@ -1,8 +1,8 @@
 """Embedding (a lookup table) and RotaryPositionalEmbedding (RoPE)."""
 
-from __future__ import annotations
-
 # ruff: noqa: F722 - jaxtyping shape strings are not forward references
+
+from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 

@@ -1,8 +1,8 @@
 """MLP: a stack of Linear layers with an activation between them."""
 
-from __future__ import annotations
-
 # ruff: noqa: F722 - jaxtyping shape strings are not forward references
+
+from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal

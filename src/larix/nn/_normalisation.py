@@ -1,8 +1,8 @@
 """LayerNorm, RMSNorm and GroupNorm: normalise one example by its own statistics."""
 
-from __future__ import annotations
-
 # ruff: noqa: F722 - jaxtyping shape strings are not forward references
+
+from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -268,7 +268,7 @@ class GroupNorm(Module):
         self.bias = jnp.zeros((channels,), dtype) if channelwise_affine else None
 
     def __call__(
-        self, x: Float[Array, "channels *rest"], state: State = NO_STATE, *, key: PRNGKeyArray | None = None
+        self, x: Float[Array, "channels ..."], state: State = NO_STATE, *, key: PRNGKeyArray | None = None
     ) -> Any:
         """**Arguments:**
 

@@ -1,0 +1,212 @@
+"""MultiheadAttention: scaled dot-product attention over several heads."""
+
+# ruff: noqa: F722 - jaxtyping shape strings are not forward references
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+
+from .._module import Module, field
+from ._dropout import Dropout
+from ._linear import Linear
+from ._misc import check_size
+
+if TYPE_CHECKING:
+    from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+__all__ = ["MultiheadAttention"]
+
+
+class MultiheadAttention(Module):
+    """Multi-head scaled dot-product attention, as in "Attention is All You Need".
+
+    The query, key and value are projected to `num_heads` heads; each head attends with
+    `softmax(q k^T / sqrt(qk_size))` (computed in at least float32), and the heads'
+    results are concatenated and projected to `output_size`. Inputs are one example:
+    `(sequence length, features)`; vmap over a batch.
+
+    **Fields:**
+
+    - `query_proj`: [`larix.nn.Linear`][] `query_size -> num_heads * qk_size`.
+    - `key_proj`: `key_size -> num_heads * qk_size`.
+    - `value_proj`: `value_size -> num_heads * vo_size`.
+    - `output_proj`: `num_heads * vo_size -> output_size`.
+    - `dropout`: the [`larix.nn.Dropout`][] applied to the attention weights.
+    - `num_heads`, `query_size`, `key_size`, `value_size`, `output_size`, `qk_size`,
+      `vo_size`, `use_query_bias`, `use_key_bias`, `use_value_bias`, `use_output_bias`:
+      the sizes and options (static).
+
+    !!! example "Causal self-attention"
+        ```python
+        >>> import jax, jax.numpy as jnp, larix
+        >>> attention = larix.nn.MultiheadAttention(num_heads=2, query_size=8, key=jax.random.key(0))
+        >>> x = jnp.ones((5, 8))
+        >>> causal = jnp.tril(jnp.ones((5, 5), bool))
+        >>> attention(x, x, x, mask=causal).shape
+        (5, 8)
+
+        ```
+    """
+
+    query_proj: Linear
+    key_proj: Linear
+    value_proj: Linear
+    output_proj: Linear
+    dropout: Dropout
+    num_heads: int = field(static=True)
+    query_size: int = field(static=True)
+    key_size: int = field(static=True)
+    value_size: int = field(static=True)
+    output_size: int = field(static=True)
+    qk_size: int = field(static=True)
+    vo_size: int = field(static=True)
+    use_query_bias: bool = field(static=True)
+    use_key_bias: bool = field(static=True)
+    use_value_bias: bool = field(static=True)
+    use_output_bias: bool = field(static=True)
+
+    def __init__(
+        self,
+        num_heads: int,
+        query_size: int,
+        key_size: int | None = None,
+        value_size: int | None = None,
+        output_size: int | None = None,
+        qk_size: int | None = None,
+        vo_size: int | None = None,
+        use_query_bias: bool = False,
+        use_key_bias: bool = False,
+        use_value_bias: bool = False,
+        use_output_bias: bool = False,
+        dropout_p: float = 0.0,
+        inference: bool = False,
+        dtype: Any = None,
+        *,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `num_heads`: the number of heads.
+        - `query_size`: the number of features of the query.
+        - `key_size`, `value_size`, `output_size`: the features of the key, the value and
+          the output; each defaults to `query_size`.
+        - `qk_size`, `vo_size`: the features per head that queries and keys are compared
+          over, and that values are mixed over; both default to `query_size // num_heads`.
+        - `use_query_bias`, `use_key_bias`, `use_value_bias`, `use_output_bias`: whether
+          each projection has a bias.
+        - `dropout_p`: the dropout probability on the attention weights.
+        - `inference`: if `True`, no dropout; see [`larix.nn.inference_mode`][].
+        - `dtype`: the dtype of the parameters (default `float32`, or `float64` in 64-bit
+          mode).
+        - `key`: keyword-only; a `jax.random` key for the initialisation.
+        """
+        check_size("MultiheadAttention", "num_heads", num_heads)
+        check_size("MultiheadAttention", "query_size", query_size)
+        key_size = query_size if key_size is None else key_size
+        value_size = query_size if value_size is None else value_size
+        output_size = query_size if output_size is None else output_size
+        if (qk_size is None or vo_size is None) and query_size < num_heads:
+            raise ValueError(
+                f"MultiheadAttention: query_size ({query_size}) is smaller than num_heads "
+                f"({num_heads}), so the default qk_size / vo_size (query_size // num_heads) "
+                "would be 0. Pass qk_size= and vo_size= explicitly."
+            )
+        qk_size = query_size // num_heads if qk_size is None else qk_size
+        vo_size = query_size // num_heads if vo_size is None else vo_size
+        q_key, k_key, v_key, o_key = jax.random.split(key, 4)
+        self.query_proj = Linear(query_size, num_heads * qk_size, use_query_bias, dtype, key=q_key)
+        self.key_proj = Linear(key_size, num_heads * qk_size, use_key_bias, dtype, key=k_key)
+        self.value_proj = Linear(value_size, num_heads * vo_size, use_value_bias, dtype, key=v_key)
+        self.output_proj = Linear(num_heads * vo_size, output_size, use_output_bias, dtype, key=o_key)
+        self.dropout = Dropout(dropout_p, inference=inference)
+        self.num_heads = num_heads
+        self.query_size = query_size
+        self.key_size = key_size
+        self.value_size = value_size
+        self.output_size = output_size
+        self.qk_size = qk_size
+        self.vo_size = vo_size
+        self.use_query_bias = use_query_bias
+        self.use_key_bias = use_key_bias
+        self.use_value_bias = use_value_bias
+        self.use_output_bias = use_output_bias
+
+    def _check_inputs(self, query: Any, key_: Any, value: Any, mask: Any) -> None:
+        problems = []
+        for name, x, size in (("query", query, self.query_size), ("key_", key_, self.key_size), ("value", value, self.value_size)):
+            if jnp.ndim(x) != 2 or jnp.shape(x)[1] != size:
+                problems.append(f"`{name}` must have shape (seq_length, {size}), got {jnp.shape(x)}")
+        if not problems and key_.shape[0] != value.shape[0]:
+            problems.append(f"`key_` and `value` must have the same length, got {key_.shape[0]} and {value.shape[0]}")
+        if not problems and mask is not None:
+            pair = (query.shape[0], key_.shape[0])
+            if jnp.shape(mask) not in (pair, (self.num_heads, *pair)):
+                problems.append(
+                    f"`mask` must have shape {pair} or {(self.num_heads, *pair)} (per head), got {jnp.shape(mask)}"
+                )
+        if problems:
+            hint = " For a batch, vmap over it." if any(jnp.ndim(x) == 3 for x in (query, key_, value)) else ""
+            raise ValueError(f"MultiheadAttention(num_heads={self.num_heads}, ...): " + "; ".join(problems) + "." + hint)
+
+    def __call__(
+        self,
+        query: Float[Array, "q_seq q_size"],
+        key_: Float[Array, "kv_seq k_size"],
+        value: Float[Array, "kv_seq v_size"],
+        mask: Bool[Array, "q_seq kv_seq"] | Bool[Array, "num_heads q_seq kv_seq"] | None = None,
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+        process_heads: Callable[[Any, Any, Any], tuple[Any, Any, Any]] | None = None,
+    ) -> Float[Array, "q_seq o_size"]:
+        """**Arguments:**
+
+        - `query`: shape `(query_seq_length, query_size)`.
+        - `key_`: shape `(kv_seq_length, key_size)`.
+        - `value`: shape `(kv_seq_length, value_size)`.
+        - `mask`: optional booleans of shape `(query_seq_length, kv_seq_length)`, or
+          `(num_heads, query_seq_length, kv_seq_length)` for a mask per head; `False`
+          means "do not attend".
+        - `key`: keyword-only; a `jax.random` key for dropout (needed if `dropout_p > 0`
+          outside inference mode).
+        - `inference`: keyword-only; overrides the dropout's `inference` flag.
+        - `process_heads`: keyword-only; a function `(q, k, v) -> (q, k, v)` applied to
+          the projected heads, of shapes `(seq_length, num_heads, qk_size)` (and
+          `vo_size` for `v`), for example to apply a
+          [`larix.nn.RotaryPositionalEmbedding`][].
+
+        **Returns:** an array of shape `(query_seq_length, output_size)`.
+
+        **Raises:** `ValueError` naming every input of the wrong shape.
+        """
+        self._check_inputs(query, key_, value, mask)
+        q = jax.vmap(self.query_proj)(query).reshape(query.shape[0], self.num_heads, -1)
+        k = jax.vmap(self.key_proj)(key_).reshape(key_.shape[0], self.num_heads, -1)
+        v = jax.vmap(self.value_proj)(value).reshape(value.shape[0], self.num_heads, -1)
+        if process_heads is not None:
+            shapes = (q.shape, k.shape, v.shape)
+            q, k, v = process_heads(q, k, v)
+            if (q.shape, k.shape, v.shape) != shapes:
+                raise ValueError(
+                    f"MultiheadAttention: process_heads must keep the shapes of the heads "
+                    f"{shapes}, but returned {(q.shape, k.shape, v.shape)}."
+                )
+        logits = jnp.einsum("shd,Shd->hsS", q / math.sqrt(q.shape[-1]), k)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        # Softmax in at least float32: in bfloat16 the normalisation loses most digits.
+        weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
+        weights = weights.astype(logits.dtype)
+        # One dropout key per head, each head's weights dropped independently.
+        head_keys = None if key is None else jax.random.split(key, self.num_heads)
+        if head_keys is None:
+            weights = self.dropout(weights, inference=inference)
+        else:
+            weights = jax.vmap(lambda w, k: self.dropout(w, key=k, inference=inference))(weights, head_keys)
+        attended = jnp.einsum("hsS,Shd->shd", weights, v).reshape(query.shape[0], -1)
+        return jax.vmap(self.output_proj)(attended)

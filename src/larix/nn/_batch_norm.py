@@ -1,0 +1,222 @@
+"""BatchNorm: normalise by statistics over the batch, with running statistics as state."""
+
+# ruff: noqa: F722 - jaxtyping shape strings are not forward references
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from .._module import field
+from ._misc import check_size, resolve_dtype, shape_error
+from ._stateful import State, StatefulLayer, StateIndex
+
+if TYPE_CHECKING:
+    from jaxtyping import Array, Float, PRNGKeyArray
+
+__all__ = ["BatchNorm"]
+
+_MODES = ("ema", "batch")
+
+
+class BatchNorm(StatefulLayer):
+    """Normalises each channel by its mean and variance over the batch (and the spatial
+    dimensions), then applies a channelwise affine map; keeps running statistics for
+    inference in a [`larix.nn.State`][].
+
+    Like every larix layer it acts on one example, `(input_size, dim_1, ..., dim_N)`; the
+    batch statistics come from a collective over the named batch axis, so it must run
+    under `larix.filter_vmap(..., axis_name=axis_name)` (or `jax.vmap` / `jax.pmap` /
+    `shard_map` with that name). Build it with [`larix.nn.make_with_state`][], and switch
+    to the running statistics with [`larix.nn.inference_mode`][].
+
+    Two modes, as in Equinox:
+
+    - `mode="ema"`: in training, the running statistics are updated as
+      `momentum * running + (1 - momentum) * batch` (set to the batch statistics on the
+      first call) and the **updated running statistics** normalise the batch. In
+      inference, the running statistics are used.
+    - `mode="batch"`: in training, the batch statistics normalise the batch and the
+      running statistics are updated as above; in inference, the running statistics are
+      used after dividing by `1 - momentum ** steps` (Adam's bias correction), since
+      they start from zero. This is PyTorch's and Flax's behaviour, and the better choice
+      for new code.
+
+    **Fields:**
+
+    - `weight`, `bias`: shape `(input_size,)`, or `None` if `channelwise_affine=False`.
+    - `ema_first_time_index`, `ema_state_index`: the state of `mode="ema"` (a flag and
+      the `(mean, variance)` pair), else `None`.
+    - `batch_counter`, `batch_state_index`: the state of `mode="batch"` (the number of
+      training steps and the `(mean, variance)` pair), else `None`.
+    - `axis_name`, `inference`: as passed to `__init__`.
+    - `input_size`, `eps`, `channelwise_affine`, `momentum`, `mode`: static.
+
+    !!! example
+        ```python
+        >>> import jax, jax.numpy as jnp, larix
+        >>> bn, state = larix.nn.make_with_state(larix.nn.BatchNorm)(2, "batch", mode="batch")
+        >>> train = larix.filter_vmap(
+        ...     lambda m, x, s: m(x, s), in_axes=(None, 0, None), out_axes=(0, None), axis_name="batch"
+        ... )
+        >>> x = jnp.array([[0.0, 10.0], [2.0, 30.0]])
+        >>> y, state = train(bn, x, state)
+        >>> y
+        Array([[-0.99999, -1.     ],
+               [ 0.99999,  1.     ]], dtype=float32)
+        >>> y, _ = train(larix.nn.inference_mode(bn), x, state)  # running statistics
+        >>> bool(jnp.allclose(y, jnp.array([[-1.0, -1.0], [1.0, 1.0]]), atol=1e-4))
+        True
+
+        ```
+    """
+
+    weight: Float[Array, " input_size"] | None
+    bias: Float[Array, " input_size"] | None
+    ema_first_time_index: StateIndex | None
+    ema_state_index: StateIndex | None
+    batch_counter: StateIndex | None
+    batch_state_index: StateIndex | None
+    axis_name: Hashable | Sequence[Hashable]
+    inference: bool
+    input_size: int = field(static=True)
+    eps: float = field(static=True)
+    channelwise_affine: bool = field(static=True)
+    momentum: float = field(static=True)
+    mode: Literal["ema", "batch"] = field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        axis_name: Hashable | Sequence[Hashable],
+        eps: float = 1e-5,
+        channelwise_affine: bool = True,
+        momentum: float = 0.99,
+        inference: bool = False,
+        dtype: Any = None,
+        mode: Literal["ema", "batch", "legacy"] = "ema",
+    ):
+        """**Arguments:**
+
+        - `input_size`: the number of channels.
+        - `axis_name`: the name of the batch axis to average over (as given to
+          `filter_vmap`), or a sequence of names.
+        - `eps`: added to the variance, for numerical stability.
+        - `channelwise_affine`: whether to learn a per-channel scale and offset.
+        - `momentum`: how slowly the running statistics move, in `[0, 1)`.
+        - `inference`: if `True`, normalise by the running statistics and leave the state
+          unchanged. Changed by [`larix.nn.inference_mode`][]; overridden per call.
+        - `dtype`: the dtype of the parameters and running statistics (default `float32`,
+          or `float64` in 64-bit mode).
+        - `mode`: `"ema"` (the default, Equinox's default behaviour) or `"batch"`; see
+          above. `"legacy"` is accepted as Equinox's name for `"ema"`.
+
+        **Raises:** `ValueError` for an unknown `mode` or a `momentum` outside `[0, 1)`.
+        """
+        check_size("BatchNorm", "input_size", input_size)
+        if mode == "legacy":
+            mode = "ema"
+        if mode not in _MODES:
+            raise ValueError(f"BatchNorm: `mode` must be 'ema' or 'batch', got {mode!r}.")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"BatchNorm: `momentum` must be in [0, 1), got {momentum}.")
+        dtype = resolve_dtype(dtype)
+        self.weight = jnp.ones((input_size,), dtype) if channelwise_affine else None
+        self.bias = jnp.zeros((input_size,), dtype) if channelwise_affine else None
+        zeros = jnp.zeros((input_size,), dtype)
+        ema, batch = mode == "ema", mode == "batch"
+        self.ema_first_time_index = StateIndex(jnp.array(True)) if ema else None
+        self.ema_state_index = StateIndex((zeros, zeros)) if ema else None
+        self.batch_counter = StateIndex(jnp.array(0)) if batch else None
+        self.batch_state_index = StateIndex((zeros, zeros)) if batch else None
+        self.axis_name = axis_name
+        self.inference = inference
+        self.input_size = input_size
+        self.eps = eps
+        self.channelwise_affine = channelwise_affine
+        self.momentum = momentum
+        self.mode = mode
+
+    def _batch_statistics(self, x: Any) -> tuple[Any, Any]:
+        axes = tuple(range(1, x.ndim))
+        try:
+            mean = jax.lax.pmean(jnp.mean(x, axes), self.axis_name)
+            centred = x - mean.reshape((-1,) + (1,) * len(axes))
+            variance = jax.lax.pmean(jnp.mean(centred**2, axes), self.axis_name)
+        except NameError:
+            raise NameError(
+                f"BatchNorm(axis_name={self.axis_name!r}) averages its statistics over the "
+                f"batch axis named {self.axis_name!r}, but no such axis is mapped. Call the "
+                f"model under `larix.filter_vmap(..., axis_name={self.axis_name!r})`, e.g. "
+                "`larix.filter_vmap(lambda m, x, s: m(x, s), in_axes=(None, 0, None), "
+                f"out_axes=(0, None), axis_name={self.axis_name!r})(model, xs, state)`."
+            ) from None
+        return mean, variance
+
+    def __call__(
+        self,
+        x: Float[Array, "input_size ..."],
+        state: State,
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+    ) -> tuple[Float[Array, "input_size ..."], State]:
+        """**Arguments:**
+
+        - `x`: one example, of shape `(input_size, dim_1, ..., dim_N)`.
+        - `state`: the [`larix.nn.State`][] holding the running statistics.
+        - `key`: ignored.
+        - `inference`: overrides `self.inference` for this call if not `None`.
+
+        **Returns:** `(output, state)`: the normalised array, of the shape and dtype of
+        `x`, and the updated state (unchanged in inference mode).
+
+        **Raises:** `NameError` if not run under a vmap with the batch axis name;
+        `ValueError` if `x` has no channel axis of size `input_size`.
+        """
+        shape = jnp.shape(x)
+        if not shape or shape[0] != self.input_size:
+            raise shape_error(f"BatchNorm(input_size={self.input_size}, ...)", f"({self.input_size}, ...)", shape)
+        if inference is None:
+            inference = self.inference
+        dtype = jnp.result_type(x)
+        x = jnp.asarray(x, jnp.promote_types(dtype, jnp.float32))
+        m = self.momentum
+        if self.mode == "ema":
+            running_mean, running_var = state.get(self.ema_state_index)
+            if inference:
+                mean, variance = running_mean, running_var
+            else:
+                batch_mean, batch_var = self._batch_statistics(x)
+                first = state.get(self.ema_first_time_index)
+                mean = jnp.where(first, batch_mean, m * running_mean + (1 - m) * batch_mean).astype(running_mean.dtype)
+                variance = jnp.where(first, batch_var, m * running_var + (1 - m) * batch_var).astype(running_var.dtype)
+                state = state.set(self.ema_first_time_index, jnp.array(False))
+                state = state.set(self.ema_state_index, (mean, variance))
+        else:
+            running_mean, running_var = state.get(self.batch_state_index)
+            steps = state.get(self.batch_counter)
+            if inference:
+                # Bias correction: the running averages start at zero. Before any training
+                # step, normalise by mean 0 and variance 1.
+                correction = jnp.where(steps > 0, 1 - m**steps, 1)
+                mean = running_mean / correction
+                variance = jnp.where(steps > 0, running_var / correction, 1)
+            else:
+                mean, variance = self._batch_statistics(x)
+                state = state.set(self.batch_counter, steps + 1)
+                state = state.set(
+                    self.batch_state_index,
+                    (
+                        (m * running_mean + (1 - m) * mean).astype(running_mean.dtype),
+                        (m * running_var + (1 - m) * variance).astype(running_var.dtype),
+                    ),
+                )
+        broadcast = (-1,) + (1,) * (x.ndim - 1)
+        y = (x - mean.reshape(broadcast)) * jax.lax.rsqrt(variance.reshape(broadcast) + self.eps)
+        if self.channelwise_affine:
+            y = y * self.weight.reshape(broadcast) + self.bias.reshape(broadcast)
+        return y.astype(dtype), state

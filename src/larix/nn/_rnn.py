@@ -1,0 +1,207 @@
+"""Recurrent cells: GRUCell and LSTMCell, one time step each."""
+
+# ruff: noqa: F722 - jaxtyping shape strings are not forward references
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+
+from .._module import Module, field
+from ._misc import check_size, resolve_dtype, shape_error, uniform
+
+if TYPE_CHECKING:
+    from jaxtyping import Array, Float, PRNGKeyArray
+
+__all__ = ["GRUCell", "LSTMCell"]
+
+
+def _check(layer: Any, x: Any, hidden: Any) -> None:
+    name = f"{type(layer).__name__}(input_size={layer.input_size}, hidden_size={layer.hidden_size})"
+    if jnp.shape(x) != (layer.input_size,):
+        raise shape_error(name, (layer.input_size,), jnp.shape(x), "input")
+    for h in hidden:
+        if jnp.shape(h) != (layer.hidden_size,):
+            raise shape_error(name, (layer.hidden_size,), jnp.shape(h), "hidden")
+
+
+class GRUCell(Module):
+    """One step of a gated recurrent unit (GRU): `(input, hidden) -> new hidden`.
+
+    With `r`, `z` the reset and update gates, `new = tanh(W_in x + b_in + r * (W_hn h + b_n))`
+    and the result `(1 - z) * new + z * h`, as in PyTorch. Run it over a sequence with
+    `jax.lax.scan`.
+
+    **Fields:**
+
+    - `weight_ih`: shape `(3 * hidden_size, input_size)`, the reset, update and new-state
+      blocks stacked.
+    - `weight_hh`: shape `(3 * hidden_size, hidden_size)`.
+    - `bias`: shape `(3 * hidden_size,)`, or `None` if `use_bias=False`.
+    - `bias_n`: shape `(hidden_size,)`, the bias inside the reset gate; or `None`.
+    - `input_size`, `hidden_size`, `use_bias`: as passed to `__init__` (static).
+
+    !!! example
+        ```python
+        >>> import jax, jax.numpy as jnp, larix
+        >>> cell = larix.nn.GRUCell(2, 8, key=jax.random.key(0))
+        >>> xs = jnp.ones((5, 2))  # a sequence of 5 inputs
+        >>> step = lambda h, x: (cell(x, h), None)
+        >>> final, _ = jax.lax.scan(step, jnp.zeros(8), xs)
+        >>> final.shape
+        (8,)
+
+        ```
+    """
+
+    weight_ih: Float[Array, "3*hidden_size input_size"]
+    weight_hh: Float[Array, "3*hidden_size hidden_size"]
+    bias: Float[Array, " 3*hidden_size"] | None
+    bias_n: Float[Array, " hidden_size"] | None
+    input_size: int = field(static=True)
+    hidden_size: int = field(static=True)
+    use_bias: bool = field(static=True)
+
+    def __init__(self, input_size: int, hidden_size: int, use_bias: bool = True, dtype: Any = None, *, key: PRNGKeyArray):
+        """**Arguments:**
+
+        - `input_size`: the size of each input vector.
+        - `hidden_size`: the size of the hidden state.
+        - `use_bias`: whether to add biases.
+        - `dtype`: the dtype of the parameters (default `float32`, or `float64` in 64-bit
+          mode).
+        - `key`: keyword-only; a `jax.random` key for the initialisation.
+
+        All parameters are drawn uniformly from `[-1/sqrt(hidden_size), 1/sqrt(hidden_size))`.
+        """
+        check_size("GRUCell", "input_size", input_size)
+        check_size("GRUCell", "hidden_size", hidden_size)
+        dtype = resolve_dtype(dtype)
+        ih_key, hh_key, bias_key, bias_n_key = jax.random.split(key, 4)
+        lim = 1 / math.sqrt(hidden_size)
+        self.weight_ih = uniform(ih_key, (3 * hidden_size, input_size), dtype, lim)
+        self.weight_hh = uniform(hh_key, (3 * hidden_size, hidden_size), dtype, lim)
+        self.bias = uniform(bias_key, (3 * hidden_size,), dtype, lim) if use_bias else None
+        self.bias_n = uniform(bias_n_key, (hidden_size,), dtype, lim) if use_bias else None
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.use_bias = use_bias
+
+    def __call__(
+        self,
+        input: Float[Array, " input_size"],  # noqa: A002 - Equinox's name
+        hidden: Float[Array, " hidden_size"],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, " hidden_size"]:
+        """**Arguments:**
+
+        - `input`: the input, of shape `(input_size,)`.
+        - `hidden`: the hidden state, of shape `(hidden_size,)`.
+        - `key`: ignored.
+
+        **Returns:** the new hidden state, of shape `(hidden_size,)`.
+        """
+        _check(self, input, (hidden,))
+        input_gates = self.weight_ih @ input
+        if self.bias is not None:
+            input_gates = input_gates + self.bias
+        hidden_gates = self.weight_hh @ hidden
+        input_r, input_z, input_n = jnp.split(input_gates, 3)
+        hidden_r, hidden_z, hidden_n = jnp.split(hidden_gates, 3)
+        reset = jax.nn.sigmoid(input_r + hidden_r)
+        update = jax.nn.sigmoid(input_z + hidden_z)
+        if self.bias_n is not None:
+            hidden_n = hidden_n + self.bias_n
+        new = jnp.tanh(input_n + reset * hidden_n)
+        return (1 - update) * new + update * hidden
+
+
+class LSTMCell(Module):
+    """One step of a long short-term memory (LSTM) unit: `(input, (h, c)) -> (h, c)`.
+
+    The gates are computed as `W_ih x + W_hh h + b`, split into the input, forget, cell
+    and output blocks (PyTorch's order). Run it over a sequence with `jax.lax.scan`.
+
+    **Fields:**
+
+    - `weight_ih`: shape `(4 * hidden_size, input_size)`.
+    - `weight_hh`: shape `(4 * hidden_size, hidden_size)`.
+    - `bias`: shape `(4 * hidden_size,)`, or `None` if `use_bias=False`.
+    - `input_size`, `hidden_size`, `use_bias`: as passed to `__init__` (static).
+
+    !!! example
+        ```python
+        >>> import jax, jax.numpy as jnp, larix
+        >>> cell = larix.nn.LSTMCell(2, 8, key=jax.random.key(0))
+        >>> h, c = cell(jnp.ones(2), (jnp.zeros(8), jnp.zeros(8)))
+        >>> h.shape, c.shape
+        ((8,), (8,))
+
+        ```
+    """
+
+    weight_ih: Float[Array, "4*hidden_size input_size"]
+    weight_hh: Float[Array, "4*hidden_size hidden_size"]
+    bias: Float[Array, " 4*hidden_size"] | None
+    input_size: int = field(static=True)
+    hidden_size: int = field(static=True)
+    use_bias: bool = field(static=True)
+
+    def __init__(self, input_size: int, hidden_size: int, use_bias: bool = True, dtype: Any = None, *, key: PRNGKeyArray):
+        """**Arguments:**
+
+        - `input_size`: the size of each input vector.
+        - `hidden_size`: the size of the hidden and cell states.
+        - `use_bias`: whether to add a bias.
+        - `dtype`: the dtype of the parameters (default `float32`, or `float64` in 64-bit
+          mode).
+        - `key`: keyword-only; a `jax.random` key for the initialisation.
+
+        All parameters are drawn uniformly from `[-1/sqrt(hidden_size), 1/sqrt(hidden_size))`.
+        """
+        check_size("LSTMCell", "input_size", input_size)
+        check_size("LSTMCell", "hidden_size", hidden_size)
+        dtype = resolve_dtype(dtype)
+        ih_key, hh_key, bias_key = jax.random.split(key, 3)
+        lim = 1 / math.sqrt(hidden_size)
+        self.weight_ih = uniform(ih_key, (4 * hidden_size, input_size), dtype, lim)
+        self.weight_hh = uniform(hh_key, (4 * hidden_size, hidden_size), dtype, lim)
+        self.bias = uniform(bias_key, (4 * hidden_size,), dtype, lim) if use_bias else None
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.use_bias = use_bias
+
+    def __call__(
+        self,
+        input: Float[Array, " input_size"],  # noqa: A002 - Equinox's name
+        hidden: tuple[Float[Array, " hidden_size"], Float[Array, " hidden_size"]],
+        *,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, " hidden_size"], Float[Array, " hidden_size"]]:
+        """**Arguments:**
+
+        - `input`: the input, of shape `(input_size,)`.
+        - `hidden`: the pair `(h, c)` of hidden and cell states, each of shape
+          `(hidden_size,)`.
+        - `key`: ignored.
+
+        **Returns:** the new pair `(h, c)`.
+        """
+        if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
+            raise TypeError(
+                "LSTMCell: `hidden` must be the pair (h, c) of hidden and cell states; start "
+                "from `(jnp.zeros(hidden_size), jnp.zeros(hidden_size))`."
+            )
+        h, c = hidden
+        _check(self, input, (h, c))
+        gates = self.weight_ih @ input + self.weight_hh @ h
+        if self.bias is not None:
+            gates = gates + self.bias
+        i, f, g, o = jnp.split(gates, 4)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return h, c
