@@ -32,7 +32,13 @@ class Linear(Module):
         >>> import jax, jax.numpy as jnp, larix
         >>> linear = larix.nn.Linear(3, 2, key=jax.random.key(0))
         >>> linear
-        Linear(weight=f32[2,3], bias=f32[2], in_features=3, out_features=2, use_bias=True)
+        Linear(
+          weight=f32[2,3],
+          bias=f32[2],
+          in_features=3,
+          out_features=2,
+          use_bias=True,
+        )
         >>> linear(jnp.ones(3)).shape
         (2,)
         >>> jax.vmap(linear)(jnp.ones((5, 3))).shape  # a batch: vmap over it

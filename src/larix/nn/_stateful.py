@@ -101,8 +101,8 @@ class StateIndex(Module, Generic[_Value]):
         >>> model, state = larix.nn.make_with_state(Counter)()
         >>> y, state = model(jnp.array(10), state)
         >>> y, state = model(jnp.array(10), state)
-        >>> y, state.get(model.index)
-        (Array(11, dtype=int32), Array(2, dtype=int32))
+        >>> int(y), int(state.get(model.index))
+        (11, 2)
 
         ```
     """
