@@ -2,7 +2,6 @@
 
 from . import debug as debug
 from . import nn as nn
-
 from ._ad import filter_grad as filter_grad
 from ._ad import filter_hessian as filter_hessian
 from ._ad import filter_jacfwd as filter_jacfwd

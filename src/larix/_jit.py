@@ -499,7 +499,7 @@ class _JitWrapper:
         return quietly
 
     def _labels(self, key: Any) -> list[str]:
-        statics, num_args, kwnames = key
+        _, num_args, kwnames = key
         return self._labels_for(num_args, kwnames)
 
     def _labels_for(self, num_args: int, kwnames: tuple[str, ...]) -> list[str]:

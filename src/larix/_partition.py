@@ -244,6 +244,6 @@ def combine(*pytrees: Any, is_leaf: Callable[[Any], bool] | None = None) -> Any:
                 f"larix.combine: tree 0 and tree {i} have different structures: at "
                 f"{python_path(where)} there is {why}. Combine only the parts that one "
                 "partition (with replace=None) produced from the same tree."
-            )
+            ) from None
         leaves = [x if x is not None else y for x, y in zip(leaves, other_leaves)]
     return treedef.unflatten(leaves)
