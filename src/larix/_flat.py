@@ -10,6 +10,7 @@ dict entries by `str(key)`. So `model.layers[0].weight` is `"layers.0.weight"`, 
 
 from __future__ import annotations
 
+import itertools
 import types
 from collections.abc import Callable
 from typing import Any
@@ -61,8 +62,8 @@ def _walk_keys(node: Any, key: str, out: list[str], is_leaf: Any) -> None:
         return
     prefix = key + "." if key else ""
     if t is tuple or t is list:
-        if is_leaf is None and all(type(c) in _LEAF_TYPES for c in node):
-            out.extend([prefix + i for i in _index_strings(len(node))])
+        if is_leaf is None and set(map(type, node)) <= _LEAF_TYPES:  # C-level loops
+            out.extend(map(prefix.__add__, _index_strings(len(node))))
         else:
             for i, child in zip(_index_strings(len(node)), node):
                 _walk_keys(child, prefix + i, out, is_leaf)
@@ -223,17 +224,26 @@ def split(tree: Any, *filter_specs: Any, is_leaf: Callable[[Any], bool] | None =
     if memo_key is not None:
         memo = tree.__dict__.get(_SPLIT_MEMO)
         if memo is not None and memo[0] == memo_key:
-            skeleton, dicts = memo[1]
-            return (skeleton, *(dict(d) for d in dicts))
+            _, skeleton, leaves = memo
+            return (skeleton, *_dicts(skeleton.keys, leaves, skeleton.owners, skeleton.num_parts))
     leaves, treedef = jtu.tree_flatten(tree, is_leaf)
     keys = _keys(tree, is_leaf, len(leaves))
     owners = leaf_owners(tree, leaves, filter_specs, is_leaf)
-    # Build the largest part with one C-level dict(zip(...)) and move the others out of it:
-    # 3x faster than a Python loop at 100k leaves (benchmarks: split, N = 100k).
-    num_parts = len(filter_specs) + 1
-    counts = [0] * num_parts
-    for o in set(owners):
-        counts[o] = owners.count(o)
+    skeleton = Skeleton(treedef, tuple(keys), tuple(owners), len(filter_specs) + 1)
+    if memo_key is not None and _memoisable(tree):
+        # The leaves list is ours (never handed out), so it can be kept without a copy.
+        tree.__dict__[_SPLIT_MEMO] = (memo_key, skeleton, leaves)
+    return (skeleton, *_dicts(keys, leaves, owners, len(filter_specs) + 1))
+
+
+def _dicts(keys: Any, leaves: list[Any], owners: Any, num_parts: int) -> list[dict[str, Any]]:
+    """One `{key: leaf}` dict per part, in flattening order.
+
+    The largest part is one C-level `dict(zip(...))` and the others are moved out of it,
+    selected with `itertools.compress`: no Python-level loop over the leaves, ~4x faster at
+    100k leaves (benchmarks: split, N = 100k).
+    """
+    counts = [owners.count(part) for part in range(num_parts)]
     largest = counts.index(max(counts))
     everything = dict(zip(keys, leaves))
     dicts: list[dict[str, Any]] = []
@@ -241,12 +251,10 @@ def split(tree: Any, *filter_specs: Any, is_leaf: Callable[[Any], bool] | None =
         if part == largest or counts[part] == 0:
             dicts.append({})
         else:
-            dicts.append({keys[j]: everything.pop(keys[j]) for j, o in enumerate(owners) if o == part})
+            selected = list(itertools.compress(keys, map(part.__eq__, owners)))
+            dicts.append({k: everything.pop(k) for k in selected})
     dicts[largest] = everything
-    skeleton = Skeleton(treedef, tuple(keys), tuple(owners), len(dicts))
-    if memo_key is not None and _memoisable(tree):
-        tree.__dict__[_SPLIT_MEMO] = (memo_key, (skeleton, tuple(dict(d) for d in dicts)))
-    return (skeleton, *dicts)
+    return dicts
 
 
 def merge(skeleton: Skeleton, *dicts: dict[str, Any]) -> Any:

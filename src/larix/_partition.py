@@ -100,8 +100,8 @@ def leaf_owners(
                 spec_leaf, spec_path = per_leaf[j]
                 leaf_paths = None if paths is None else [paths[j]]
                 mask.extend(_mask(spec_leaf, [leaves[j]], leaf_paths, lambda _, p=spec_path: p))
-        if unassigned is None:
-            owners = [i if m else o for m, o in zip(mask, owners)]
+        if unassigned is None:  # every owner is still len(filter_specs): map in C
+            owners = list(map({True: i, False: len(filter_specs)}.__getitem__, map(bool, mask)))
         else:
             for j, selected in zip(todo, mask):
                 if selected:

@@ -1,0 +1,96 @@
+"""Tests of larix.nn.MLP (src/larix/nn/_mlp.py)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+from nn_helpers import check_transforms, close, copy_arrays, equinox, key, pickle_roundtrip, same_arrays
+
+import larix
+
+
+def _swish(x):
+    return x * jax.nn.sigmoid(x)
+
+
+def test_layers_and_fields():
+    mlp = larix.nn.MLP(3, 2, width_size=5, depth=2, key=key())
+    assert [layer.weight.shape for layer in mlp.layers] == [(5, 3), (5, 5), (2, 5)]
+    assert (mlp.in_size, mlp.out_size, mlp.width_size, mlp.depth) == (3, 2, 5, 2)
+    assert mlp.activation is jax.nn.relu
+    assert [layer.weight.shape for layer in larix.nn.MLP(3, 2, 5, 0, key=key()).layers] == [(2, 3)]
+
+
+def test_matches_plain_jax():
+    mlp = larix.nn.MLP(3, 2, 4, 2, activation=jnp.tanh, final_activation=jax.nn.sigmoid, key=key())
+    x = jnp.array([0.1, -0.2, 0.3])
+    h = x
+    for layer in mlp.layers[:-1]:
+        h = jnp.tanh(layer.weight @ h + layer.bias)
+    expected = jax.nn.sigmoid(mlp.layers[-1].weight @ h + mlp.layers[-1].bias)
+    assert close(mlp(x), expected)
+
+
+def test_bias_options_and_scalar_sizes():
+    mlp = larix.nn.MLP("scalar", "scalar", 4, 1, use_bias=False, use_final_bias=True, key=key())
+    assert mlp.layers[0].bias is None and mlp.layers[1].bias is not None
+    assert mlp(jnp.array(1.0)).shape == ()
+
+
+def test_dtype():
+    mlp = larix.nn.MLP(2, 2, 3, 1, dtype=jnp.bfloat16, key=key())
+    assert all(layer.weight.dtype == jnp.bfloat16 for layer in mlp.layers)
+    assert mlp(jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_scan_matches_loop():
+    loop = larix.nn.MLP(3, 2, 4, 4, activation=jnp.tanh, key=key())
+    scanned = larix.nn.MLP(3, 2, 4, 4, activation=jnp.tanh, scan=True, key=key())
+    assert scanned.layers[1].weight.shape == (3, 4, 4)
+    x = jnp.array([0.3, 0.1, -0.5])
+    assert close(scanned(x), loop(x))
+
+
+def test_learnt_activation_is_per_neuron():
+    mlp = larix.nn.MLP(2, 3, 4, 2, activation=larix.nn.PReLU(0.1), final_activation=larix.nn.PReLU(0.2), key=key())
+    assert mlp.activation.negative_slope.shape == (2, 4)
+    assert mlp.final_activation.negative_slope.shape == (3,)
+    x = jnp.array([1.0, -1.0])
+    h = x
+    for layer in mlp.layers[:-1]:
+        z = layer(h)
+        h = jnp.where(z >= 0, z, 0.1 * z)
+    z = mlp.layers[-1](h)
+    assert close(mlp(x), jnp.where(z >= 0, z, 0.2 * z))
+    grads = larix.filter_grad(lambda m, v: jnp.sum(m(v)))(mlp, x)
+    assert grads.activation.negative_slope.shape == (2, 4)
+    scanned = larix.nn.MLP(2, 3, 4, 3, activation=larix.nn.PReLU(0.1), scan=True, key=key())
+    looped = larix.nn.MLP(2, 3, 4, 3, activation=larix.nn.PReLU(0.1), key=key())
+    assert close(scanned(x), looped(x))
+
+
+def test_bad_sizes():
+    with pytest.raises(ValueError, match="depth"):
+        larix.nn.MLP(2, 2, 4, -1, key=key())
+    with pytest.raises(ValueError, match="width_size"):
+        larix.nn.MLP(2, 2, 0, 1, key=key())
+
+
+def test_transforms_pickle_repr():
+    mlp = larix.nn.MLP(3, 2, 4, 2, activation=_swish, key=key())
+    check_transforms(mlp, jnp.array([0.5, -1.0, 2.0]))
+    assert same_arrays(pickle_roundtrip(mlp), mlp)
+    assert "activation=<function _swish>" in repr(mlp)
+
+
+def test_matches_equinox():
+    eqx = equinox()
+    for scan in (False, True):
+        theirs = eqx.nn.MLP(3, 2, 4, 3, activation=jnp.tanh, scan=scan, key=key(1))
+        ours = larix.nn.MLP(3, 2, 4, 3, activation=jnp.tanh, scan=scan, key=key(1))
+        if not scan:
+            assert same_arrays(ours, theirs)  # the same key gives the same parameters
+        ours = copy_arrays(theirs, ours)
+        x = jnp.array([0.2, -0.4, 0.9])
+        assert close(ours(x), theirs(x))
