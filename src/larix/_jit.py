@@ -162,7 +162,16 @@ def _inspect(node: Any, fields: list[Any]) -> bool:
     return immutable and isinstance(node, tuple)
 
 
-def _make_static(x: Any, where: str, memoise: bool, hashable: bool = True) -> tuple[_Static, tuple[Any, ...]]:
+def _make_static(
+    x: Any, where: str, memoise: bool, hashable: bool = True, info: dict[Any, Any] | None = None
+) -> tuple[_Static, tuple[Any, ...]]:
+    """Split `x` into its static part and its arrays.
+
+    `info` caches, per treedef, what `_inspect` finds (the static fields and whether every
+    container is immutable): both are functions of the treedef, since Module aux data holds
+    the static values and their types. It saves the Python walk over an argument that is
+    not a Module (an optax state) on every call: ~0.2 ms per adam step (benchmarks: adam).
+    """
     leaves, treedef = jtu.tree_flatten(x)
     # Decide "array or not" once per leaf *type*, and select with C-level map/compress:
     # 10x faster than calling is_array per leaf at 100k leaves (benchmarks: first call).
@@ -177,10 +186,17 @@ def _make_static(x: Any, where: str, memoise: bool, hashable: bool = True) -> tu
             template[p] = None
     else:
         positions, arrays, template = (), (), leaves
-    fields: list[Any] = []
-    immutable = _inspect(x, fields)
+    found = None if info is None else info.get(treedef)
+    if found is None:
+        fields: list[Any] = []
+        immutable = _inspect(x, fields)
+        found = (tuple(fields), immutable)
+        if info is not None:
+            if len(info) > 512:  # bounded: a stream of ever-new structures must not leak
+                info.clear()
+            info[treedef] = found
     try:
-        static = _Static(treedef, template, positions, memoise and immutable, tuple(fields), hashable)
+        static = _Static(treedef, template, positions, memoise and found[1], found[0], hashable)
     except TypeError:
         raise _unhashable_error(x, where) from None
     if static._hash is None:
@@ -228,7 +244,7 @@ _ARRAY_STATIC = _intern(_Static(jtu.tree_structure(0), [None], (0,), False))
 _ARRAY_ID = id(_ARRAY_STATIC)
 
 
-def _split_arg(x: Any, where: str) -> tuple[_Static, tuple[Any, ...]]:
+def _split_arg(x: Any, where: str, info: dict[Any, Any] | None = None) -> tuple[_Static, tuple[Any, ...]]:
     """The static part of `x` (interned, so that equal parts are the same object) and its arrays."""
     if type(x) in _CONCRETE_ARRAY_TYPES:
         return _ARRAY_STATIC, (x,)
@@ -241,7 +257,7 @@ def _split_arg(x: Any, where: str) -> tuple[_Static, tuple[Any, ...]]:
         if static.memoisable:
             x.__dict__[_JIT_MEMO] = (static, arrays)
         return static, arrays
-    static, arrays = _make_static(x, where, memoise=False)
+    static, arrays = _make_static(x, where, memoise=False, info=info)
     return _intern(static), arrays
 
 
@@ -351,6 +367,7 @@ class _JitWrapper:
         self._quiet_donation = donate in ("all", "all-except-first")
         self._jitkwargs = jitkwargs
         self._cache: dict[Any, _Entry] = {}
+        self._info: dict[Any, Any] = {}  # treedef -> static fields, immutability
         self._lock = threading.Lock()
         self._traces = TraceLog()
         self.num_traces = 0
@@ -379,7 +396,7 @@ class _JitWrapper:
                 continue
             memo = a.__dict__.get(_JIT_MEMO) if t in MODULE_TYPES else None
             if memo is None:
-                memo = _split_arg(a, self._labels_for(len(args), tuple(kwargs))[i])
+                memo = _split_arg(a, self._labels_for(len(args), tuple(kwargs))[i], self._info)
             static, arrs = memo
             key.append(id(static))
             arrays.extend(arrs)

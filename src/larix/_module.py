@@ -153,15 +153,19 @@ def _make_flatten(cls: type, dynamic: tuple[str, ...], static: tuple[str, ...]) 
     sta = ", ".join(f"d[{n!r}]" for n in static)
     dyn_t = f"({dyn},)" if dynamic else "()"
     sta_t = f"({sta},)" if static else "()"
+    # The aux data carries the static values' types too: 1, 1.0 and True compare equal, but
+    # a static field set to each must not give equal treedefs (nor share a compilation).
+    types_t = ", ".join(f"type(d[{n!r}])" for n in static)
+    aux_t = f"({sta_t}, ({types_t},))" if static else "()"
     keys = tuple(jtu.GetAttrKey(n) for n in dynamic)
     pairs = ", ".join(f"(keys[{i}], d[{n!r}])" for i, n in enumerate(dynamic))
     lines = [
         "def compute(obj):",
         "    d = obj.__dict__",
-        f"    return {dyn_t}, {sta_t}",
+        f"    return {dyn_t}, {aux_t}",
         "def flatten_with_keys(obj):",
         "    d = obj.__dict__",
-        f"    return ({pairs}{',' if dynamic else ''}), {sta_t}",
+        f"    return ({pairs}{',' if dynamic else ''}), {aux_t}",
         "def unflatten(aux, children):",
         "    obj = new(cls)",
         "    d = obj.__dict__",
@@ -169,7 +173,7 @@ def _make_flatten(cls: type, dynamic: tuple[str, ...], static: tuple[str, ...]) 
     if dynamic:
         lines.append(f"    {dyn_t[1:-1]} = children")
     if static:
-        lines.append(f"    {sta_t[1:-1]} = aux")
+        lines.append(f"    {sta_t[1:-1]} = aux[0]")
     lines.append(f"    d[{_FLAT!r}] = (children, aux)")
     lines.append("    return obj")
     namespace: dict[str, Any] = {"keys": keys, "new": object.__new__, "cls": cls}

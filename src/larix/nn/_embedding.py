@@ -160,7 +160,7 @@ class RotaryPositionalEmbedding(Module):
             )
         self.embedding_size = embedding_size
         self.theta = theta
-        self.dtype = default_floating_dtype() if dtype is None else dtype
+        self.dtype = jnp.dtype(default_floating_dtype() if dtype is None else dtype)
 
     def __call__(
         self, x: Float[Array, "seq_length embedding_size"], *, key: PRNGKeyArray | None = None

@@ -1,0 +1,36 @@
+"""Tests of larix.nn.PReLU (src/larix/nn/_activations.py)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from nn_helpers import check_transforms, close, copy_arrays, equinox, pickle_roundtrip
+
+import larix
+
+
+def test_prelu_values_and_fields():
+    prelu = larix.nn.PReLU()
+    assert prelu.negative_slope.shape == () and close(prelu.negative_slope, 0.25)
+    assert prelu.negative_slope.dtype == jnp.float32
+    assert close(prelu(jnp.array([-4.0, 0.0, 3.0])), jnp.array([-1.0, 0.0, 3.0]))
+
+
+def test_prelu_per_channel_slopes():
+    prelu = larix.nn.PReLU(jnp.array([0.1, 0.2]))
+    assert close(prelu(jnp.array([-1.0, -1.0])), jnp.array([-0.1, -0.2]))
+
+
+def test_prelu_transforms_pickle_repr():
+    prelu = larix.nn.PReLU(0.3)
+    check_transforms(prelu, jnp.array([-2.0, 1.0, -0.5]))
+    grads = larix.filter_grad(lambda m, x: jnp.sum(m(x)))(prelu, jnp.array([-2.0, 1.0, -0.5]))
+    assert close(grads.negative_slope, -2.5)
+    assert repr(pickle_roundtrip(prelu)) == "PReLU(negative_slope=f32[])"
+
+
+def test_matches_equinox():
+    eqx = equinox()
+    theirs = eqx.nn.PReLU(jnp.array([0.1, 0.7]))
+    ours = copy_arrays(theirs, larix.nn.PReLU(jnp.zeros(2)))
+    x = jnp.array([[-1.0, 2.0], [3.0, -4.0]])
+    assert close(ours(x), theirs(x))
