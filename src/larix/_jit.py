@@ -642,6 +642,15 @@ def filter_jit(fun: Callable[..., Any] | None = None, *, donate: str = "none", *
                 f"filter_jit does not take `{bad}`: it traces every array and treats every "
                 "other value as static by itself. Use `donate=` for buffer donation."
             )
+    for name in ("in_shardings", "out_shardings"):
+        value = jitkwargs.get(name)
+        if value is not None and not isinstance(value, jax.sharding.Sharding):
+            raise TypeError(
+                f"filter_jit({name}=...) takes a single Sharding, applied to every array, not a "
+                "pytree: filter_jit passes JAX a flat list of arrays. Place inputs with "
+                "larix.filter_shard(model, shardings) before the call, and constrain outputs "
+                "with larix.filter_shard inside the function."
+            )
     if fun is None:
         return lambda f: filter_jit(f, donate=donate, **jitkwargs)
     if not callable(fun):

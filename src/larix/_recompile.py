@@ -59,26 +59,35 @@ def explain(fn: Callable[..., Any], reason: str) -> None:
 class _ArraySlot:
     """Stands for an array of this shape and dtype while two traces are compared."""
 
-    __slots__ = ("dtype", "shape", "weak")
+    __slots__ = ("dtype", "shape", "spec", "weak")
 
     def __init__(self, aval: tuple[Any, ...]):
-        self.shape, self.dtype, self.weak = aval
+        self.shape, self.dtype, self.weak, self.spec = aval
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ArraySlot) and (self.shape, self.dtype, self.weak) == (other.shape, other.dtype, other.weak)
+        return isinstance(other, _ArraySlot) and (self.shape, self.dtype, self.weak, self.spec) == (
+            other.shape,
+            other.dtype,
+            other.weak,
+            other.spec,
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         from ._pformat import _dtype_name
 
-        return f"{_dtype_name(self.dtype)}[{','.join(map(str, self.shape))}]" + ("(weak)" if self.weak else "")
+        text = f"{_dtype_name(self.dtype)}[{','.join(map(str, self.shape))}]" + ("(weak)" if self.weak else "")
+        return text + (f" sharded {self.spec}" if self.spec else "")
 
 
 def _aval(x: Any) -> tuple[Any, ...]:
     aval = getattr(x, "aval", None)
     weak = bool(getattr(aval, "weak_type", False))
-    return tuple(x.shape), x.dtype, weak
+    # On meshes with explicit axes the sharding is part of the type, and changes retrace.
+    spec = getattr(getattr(aval, "sharding", None), "spec", None)
+    spec_text = str(spec) if spec is not None and any(p is not None for p in spec) else ""
+    return tuple(x.shape), x.dtype, weak, spec_text
 
 
 def _rebuild(static: Any, avals: tuple[Any, ...]) -> Any:

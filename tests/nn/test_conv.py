@@ -35,7 +35,7 @@ def test_fields_and_shapes():
 
 
 def test_matches_direct_loop():
-    conv = larix.nn.Conv1d(2, 3, kernel_size=3, stride=2, padding=(1, 2), dilation=2, key=key())
+    conv = larix.nn.Conv1d(2, 3, kernel_size=3, stride=2, padding=((1, 2),), dilation=2, key=key())
     x = jax.random.normal(key(1), (2, 11))
     expected = _reference_conv1d(x, conv.weight, 2, (1, 2), 2) + np.asarray(conv.bias)
     assert close(conv(x), expected, atol=1e-5)
@@ -89,7 +89,7 @@ def test_errors_name_layer_and_shape():
         conv(jnp.ones((5, 5)))
     with pytest.raises(ValueError, match="vmap"):
         conv(jnp.ones((2, 3, 5, 5)))
-    with pytest.raises(ValueError, match="got shape \\(2, 5, 5\\)"):
+    with pytest.raises(ValueError, match="Got shape \\(2, 5, 5\\)"):
         conv(jnp.ones((2, 5, 5)))
     with pytest.raises(ValueError, match="divisible"):
         larix.nn.Conv2d(3, 4, 3, groups=2, key=key())

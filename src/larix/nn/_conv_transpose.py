@@ -166,10 +166,9 @@ class ConvTranspose(Module):
                 # starts at the equivalent Conv's first input and has `target` entries.
                 before = reach - lo
                 pads.append((before, target - (size - 1) * s - 1 - before + reach))
-        weight = jnp.flip(self.weight, axis=tuple(range(2, self.weight.ndim)))
         y = jax.lax.conv_general_dilated(
             x[None],
-            weight,
+            self.weight,
             window_strides=(1,) * self.num_spatial_dims,
             padding=pads,
             lhs_dilation=self.stride,
