@@ -860,3 +860,14 @@ def test_trace_counts_match_equinox():
             f(*args)
             counts[name].append(len(traces))
     assert counts["larix"] == counts["equinox"]
+
+
+def test_clear_caches_makes_every_filter_jit_function_compile_again():
+    f = larix.filter_jit(lambda x: x + 1)
+    g = larix.filter_jit(lambda x: x * 2)
+    x = jnp.arange(3.0)
+    f(x), g(x), f(x), g(x)
+    assert (larix.debug.get_num_traces(f), larix.debug.get_num_traces(g)) == (1, 1)
+    larix.clear_caches()
+    assert jnp.array_equal(f(x), x + 1) and jnp.array_equal(g(x), x * 2)
+    assert (larix.debug.get_num_traces(f), larix.debug.get_num_traces(g)) == (2, 2)

@@ -23,6 +23,7 @@ from ._flat import Skeleton as Skeleton
 from ._flat import merge as merge
 from ._flat import split as split
 from ._frozen import Frozen as Frozen
+from ._jit import clear_caches as clear_caches
 from ._jit import filter_jit as filter_jit
 from ._jvp_vjp import filter_jvp as filter_jvp
 from ._jvp_vjp import filter_vjp as filter_vjp

@@ -28,7 +28,7 @@ from ._module import MODULE_TYPES, Module
 from ._paths import flatten_one_level_with_keys, python_path
 from ._recompile import TraceLog, explain, record_trace
 
-__all__ = ["filter_jit"]
+__all__ = ["clear_caches", "filter_jit"]
 
 # Memo on a Module instance: (its _Static, its arrays). See _split_arg.
 _JIT_MEMO = "__larix_jit__"
@@ -356,6 +356,23 @@ class _Entry:
 _DONATE = ("none", "all", "all-except-first", "warn", "warn-except-first")
 
 
+_WRAPPERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def clear_caches() -> None:
+    """Forget every compiled function of every `filter_jit` function, and JAX's caches.
+
+    The next call of each `filter_jit` function traces and compiles again. Useful to free
+    memory in long-running processes that compiled many shapes. (`filter_jit`'s caches
+    never keep models alive, so this is not needed to let a model be garbage-collected.)
+    """
+    for wrapper in list(_WRAPPERS):
+        with wrapper._lock:
+            wrapper._cache.clear()
+            wrapper._info.clear()
+    jax.clear_caches()
+
+
 class _JitWrapper:
     def __init__(self, fun: Callable[..., Any], donate: str, jitkwargs: dict[str, Any]):
         self._fun = fun
@@ -373,6 +390,7 @@ class _JitWrapper:
         self.num_traces = 0
         self.recompile_reasons: list[str] = []
         functools.update_wrapper(self, fun, updated=())
+        _WRAPPERS.add(self)
 
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any], list[Any]]:
         """The cache key of a call and its arrays, in order.
