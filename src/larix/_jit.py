@@ -389,7 +389,6 @@ class _JitWrapper:
         self._traces = TraceLog()
         self.num_traces = 0
         self.recompile_reasons: list[str] = []
-        functools.update_wrapper(self, fun, updated=())
         _WRAPPERS.add(self)
 
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any], list[Any]]:
@@ -421,31 +420,53 @@ class _JitWrapper:
             parts.append(static)
         return tuple(key), arrays, parts
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # The hot path: every line here is paid on every call (benchmarks/bench_jit.py).
-        # Positional arrays and memoised Modules only: ~1 µs of Python on top of jax.jit.
-        if kwargs or self._fun_is_module:
-            return self._call(args, kwargs)
-        key = [()]
-        arrays: list[Any] = []
-        for a in args:
-            t = type(a)
-            if t in _CONCRETE_ARRAY_TYPES:
-                key.append(_ARRAY_ID)
-                arrays.append(a)
-            elif t in MODULE_TYPES and (memo := a.__dict__.get(_JIT_MEMO)) is not None:
-                key.append(id(memo[0]))
-                arrays += memo[1]
-            else:
-                return self._call(args, kwargs)
-        entry = self._cache.get(tuple(key))
-        if entry is None:
-            return self._call(args, kwargs)
-        try:
-            out = entry.fn(*arrays)
-        except _OutputStaticChanged:
-            return self._call(args, kwargs)
-        return entry.finish(out)
+    def make_call(self) -> Callable[..., Any]:
+        """The function that `filter_jit` returns: the hot path, as a closure.
+
+        Every line here is paid on every call (benchmarks/bench_jit.py). A closure over
+        locals rather than a `__call__` method saves the bound-method creation and the
+        attribute lookups: ~1 µs of Python on top of `jax.jit` for positional arrays and
+        memoised Modules. Anything else takes the general path, `_call`.
+        """
+        cache_get = self._cache.get
+        general = self._call
+        concrete, modules, memo_name, array_id = _CONCRETE_ARRAY_TYPES, MODULE_TYPES, _JIT_MEMO, _ARRAY_ID
+
+        if self._fun_is_module:
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return general(args, kwargs)
+
+        else:
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                if kwargs:
+                    return general(args, kwargs)
+                key = [()]
+                arrays: list[Any] = []
+                for a in args:
+                    t = type(a)
+                    if t in concrete:
+                        key.append(array_id)
+                        arrays.append(a)
+                    elif t in modules and (memo := a.__dict__.get(memo_name)) is not None:
+                        key.append(id(memo[0]))
+                        arrays += memo[1]
+                    else:
+                        return general(args, kwargs)
+                entry = cache_get(tuple(key))
+                if entry is None:
+                    return general(args, kwargs)
+                try:
+                    out = entry.fn(*arrays)
+                except _OutputStaticChanged:
+                    return general(args, kwargs)
+                return entry.finish(out)
+
+        functools.update_wrapper(call, self._fun, updated=())
+        call.lower = self.lower  # type: ignore[attr-defined]
+        call._larix_jit = self  # type: ignore[attr-defined]
+        return call
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The general path: any arguments, first calls, and boxed outputs."""
@@ -497,7 +518,7 @@ class _JitWrapper:
                 if reason:
                     self.recompile_reasons.append(reason)
             if reason:
-                explain(self.__wrapped__, reason)
+                explain(self._fun, reason)
             values = []
             start = 0
             for static in statics:
@@ -555,18 +576,8 @@ class _JitWrapper:
                 lowered = entry.fn.lower(*arrays)
         return _Lowered(self, key, entry, lowered)
 
-    def __get__(self, instance: Any, owner: Any = None) -> Any:
-        if instance is None:
-            return self
-        from ._partial import Partial
-
-        # A bound method that is a pytree, so the instance's arrays are traced.
-        bound = object.__new__(Partial)
-        bound.__dict__.update(func=self, args=(instance,), keywords={})
-        return bound
-
     def __repr__(self) -> str:
-        return f"<filter_jit of {self.__wrapped__!r}>"
+        return f"<filter_jit of {self._fun!r}>"
 
 
 class _Lowered:
@@ -673,4 +684,4 @@ def filter_jit(fun: Callable[..., Any] | None = None, *, donate: str = "none", *
         return lambda f: filter_jit(f, donate=donate, **jitkwargs)
     if not callable(fun):
         raise TypeError(f"filter_jit: expected a callable to compile, got {type(fun).__name__}.")
-    return _JitWrapper(fun, donate, jitkwargs)
+    return _JitWrapper(fun, donate, jitkwargs).make_call()

@@ -85,19 +85,23 @@ def get_num_traces(fn: Callable[..., Any]) -> int:
     **Raises:** `TypeError` if `fn` counts nothing.
     """
     from ._jit import _JitWrapper
+    from ._module import BoundMethod
     from ._partial import Partial
 
     seen = 0
     current: Any = fn
     while current is not None and seen < 16:
         seen += 1
-        if isinstance(current, Partial):  # a method decorated with @filter_jit, bound
+        if isinstance(current, Partial):
             current = current.func
+        if isinstance(current, BoundMethod):  # a method decorated with @filter_jit, bound
+            current = current.__func__
         if isinstance(current, _TraceCounter):
             return current.num_traces
         inner = getattr(current, "__wrapped__", None)
-        if isinstance(current, _JitWrapper) and not isinstance(inner, _TraceCounter):
-            return current.num_traces
+        wrapper = getattr(current, "_larix_jit", None)
+        if isinstance(wrapper, _JitWrapper) and not isinstance(inner, _TraceCounter):
+            return wrapper.num_traces
         if inner is None:
             break
         current = inner
@@ -115,12 +119,16 @@ def recompile_reasons(fn: Callable[..., Any]) -> list[str]:
     explanations is switched on.
     """
     from ._jit import _JitWrapper
+    from ._module import BoundMethod
     from ._partial import Partial
 
     current: Any = fn.func if isinstance(fn, Partial) else fn
     for _ in range(16):
-        if isinstance(current, _JitWrapper):
-            return list(current.recompile_reasons)
+        if isinstance(current, BoundMethod):
+            current = current.__func__
+        wrapper = getattr(current, "_larix_jit", None)
+        if isinstance(wrapper, _JitWrapper):
+            return list(wrapper.recompile_reasons)
         current = getattr(current, "__wrapped__", None)
         if current is None:
             break

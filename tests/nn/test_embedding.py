@@ -84,7 +84,8 @@ def test_rope_errors_fields_repr():
     with pytest.raises(ValueError, match=r"\(seq_length, 4\)"):
         rope(jnp.ones((3, 6)))
     assert jax.tree_util.tree_leaves(rope) == []
-    assert "embedding_size=4, theta=10000.0, dtype=dtype('float32')" in repr(pickle_roundtrip(rope))
+    text = larix.tree_pformat(pickle_roundtrip(rope), width=200)
+    assert text == "RotaryPositionalEmbedding(embedding_size=4, theta=10000.0, dtype=dtype('float32'))"
 
 
 def test_matches_equinox():
