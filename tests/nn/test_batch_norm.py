@@ -34,6 +34,7 @@ def test_batch_mode_training_and_inference():
     expected_mean = sum(w * x.mean(axis=(0, 2)) for w, x in zip(weights, BATCHES))
     expected_var = sum(w * x.var(axis=(0, 2)) for w, x in zip(weights, BATCHES))
     assert close(running_mean / (1 - 0.9**3), expected_mean, atol=1e-4)
+    assert close(running_var / (1 - 0.9**3), expected_var, atol=1e-4)
     y, same = _run(larix.nn.inference_mode(bn), BATCHES[0], state)
     assert same is state or larix.tree_equal(same, state)
     assert close(y, _normalise(BATCHES[0], expected_mean, expected_var), atol=1e-4)
@@ -101,6 +102,7 @@ def test_training_step_jit_grad():
 
     x = jax.random.normal(key(1), (5, 4))
     value, state, grads = step(model, state, x)
+    assert bool(jnp.isfinite(value))
     assert grads[0].weight.shape == (3, 4) and int(state.get(model[1].batch_counter)) == 1
     _, state, _ = step(model, state, x)
     assert int(state.get(model[1].batch_counter)) == 2

@@ -78,8 +78,6 @@ class AdaptivePool(Module):
         name = type(self).__name__
         check_size(name, "num_spatial_dims", num_spatial_dims)
         self.target_shape = ntuple(target_shape, num_spatial_dims, name, "target_shape")
-        for t in self.target_shape:
-            check_size(name, "target_shape", t)
         self.operation = operation
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:

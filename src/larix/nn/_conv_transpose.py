@@ -114,7 +114,7 @@ class ConvTranspose(Module):
         self.kernel_size = ntuple(kernel_size, n, name, "kernel_size")
         self.stride = ntuple(stride, n, name, "stride")
         self.padding = parse_padding(padding, n, name)
-        self.output_padding = ntuple(output_padding, n, name, "output_padding")
+        self.output_padding = ntuple(output_padding, n, name, "output_padding", minimum=0)
         self.dilation = ntuple(dilation, n, name, "dilation")
         self.groups = groups
         self.use_bias = use_bias

@@ -9,7 +9,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["NO_STATE", "default_floating_dtype", "ntuple", "resolve_dtype", "shape_error", "uniform"]
+__all__ = [
+    "NO_STATE",
+    "check_size",
+    "default_floating_dtype",
+    "fan_in_bound",
+    "ntuple",
+    "resolve_dtype",
+    "shape_error",
+    "uniform",
+]
 
 
 def default_floating_dtype() -> Any:
@@ -35,7 +44,7 @@ def uniform(key: Any, shape: tuple[int, ...], dtype: Any, lim: float) -> jax.Arr
 
 def fan_in_bound(fan_in: int) -> float:
     """`1 / sqrt(fan_in)`: the bound of the uniform initialisation of Linear and Conv."""
-    return 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return 1 / math.sqrt(fan_in)
 
 
 def check_size(layer: str, name: str, value: Any, *, minimum: int = 1) -> None:
@@ -44,26 +53,28 @@ def check_size(layer: str, name: str, value: Any, *, minimum: int = 1) -> None:
         raise ValueError(f"{layer}: `{name}` must be an int >= {minimum}, got {value!r}.")
 
 
-def ntuple(value: int | Sequence[int], n: int, layer: str, name: str) -> tuple[int, ...]:
-    """`3 -> (3, 3)` for n = 2; a sequence must already have length `n`."""
+def ntuple(value: int | Sequence[int], n: int, layer: str, name: str, *, minimum: int = 1) -> tuple[int, ...]:
+    """`3 -> (3, 3)` for n = 2; a sequence must already have length `n`. Every entry must
+    be an int >= `minimum`."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * n
-    try:
-        values = tuple(value)
-    except TypeError:
-        values = ()
-    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        values: tuple[Any, ...] = (value,) * n
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            values = ()
+    if len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
         raise ValueError(
             f"{layer}: `{name}` must be an int or a sequence of {n} ints (one per spatial "
-            f"dimension), got {value!r}."
+            f"dimension), each at least {minimum}; got {value!r}."
         )
     return values
 
 
-def shape_error(layer: str, expected: tuple[Any, ...] | str, got: tuple[int, ...], single: str = "x") -> ValueError:
+def shape_error(layer: str, expected: tuple[Any, ...] | str, got: tuple[int, ...], argument: str = "x") -> ValueError:
     """A ValueError for an input of the wrong shape, pointing at vmap for batched input."""
     want = expected if isinstance(expected, str) else str(tuple(expected))
-    message = f"{layer} expects `{single}` of shape {want}, but got shape {tuple(got)}."
+    message = f"{layer} expects `{argument}` of shape {want}, but got shape {tuple(got)}."
     if not isinstance(expected, str) and len(got) == len(expected) + 1 and tuple(got[1:]) == tuple(expected):
         message += (
             " Layers act on a single example: for a batch, map over the leading axis with "

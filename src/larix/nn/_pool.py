@@ -99,10 +99,9 @@ class Pool(Module):
         self.num_spatial_dims = n
         self.kernel_size = ntuple(kernel_size, n, name, "kernel_size")
         self.stride = ntuple(stride, n, name, "stride")
-        padding = parse_padding(padding, n, name) if not isinstance(padding, str) else padding
         if isinstance(padding, str):
             raise ValueError(f"{name}: `padding` must be ints or (before, after) pairs, got {padding!r}.")
-        self.padding = padding
+        self.padding = parse_padding(padding, n, name)
         self.use_ceil = use_ceil
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:

@@ -69,9 +69,6 @@ class _DeletedInit:
     def __repr__(self) -> str:
         return f"<deleted: {tree_pformat(self.structure, struct_as_array=True)}>"
 
-    def __reduce__(self) -> Any:
-        return (_DeletedInit, (self.structure,))
-
 
 class StateIndex(Module, Generic[_Value]):
     """The key of one piece of state, and its initial value.
