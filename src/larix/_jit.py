@@ -176,12 +176,18 @@ def _make_static(
     # Decide "array or not" once per leaf *type*, and select with C-level map/compress:
     # 10x faster than calling is_array per leaf at 100k leaves (benchmarks: first call).
     leaf_types = list(map(type, leaves))
+    distinct = set(leaf_types)
     # One example leaf per distinct type (few), found by C-level `index`: building a dict
     # over all leaves instead costs ~30 ms at 100k leaves (benchmarks: first call).
-    array_types = {t for t in set(leaf_types) if is_array(leaves[leaf_types.index(t)])}
-    if array_types:
-        positions = tuple(itertools.compress(range(len(leaves)), map(array_types.__contains__, leaf_types)))
-        arrays = tuple(leaves[p] for p in positions)
+    array_types = {t for t in distinct if is_array(leaves[leaf_types.index(t)])}
+    if len(array_types) == len(distinct):  # only arrays, as in an optimiser state
+        positions = tuple(range(len(leaves)))
+        arrays = tuple(leaves)
+        template = [None] * len(leaves)
+    elif array_types:
+        mask = list(map(array_types.__contains__, leaf_types))
+        positions = tuple(itertools.compress(range(len(leaves)), mask))
+        arrays = tuple(itertools.compress(leaves, mask))
         template = leaves  # leaves is our own list: reuse it
         for p in positions:
             template[p] = None
@@ -205,7 +211,8 @@ def _make_static(
     return static, arrays
 
 
-def _unhashable_error(x: Any, where: str) -> TypeError:
+def _unhashable_error(x: Any, where: Any) -> TypeError:
+    where = str(where)  # may be a _Label, formatted only now
     for path, leaf in jtu.tree_flatten_with_path(x)[0]:
         if not is_array(leaf):
             try:
@@ -357,6 +364,18 @@ class _Entry:
 _DONATE = ("none", "all", "all-except-first", "warn", "warn-except-first")
 
 
+class _Label:
+    """The name of an argument (`args[1]`) in error messages, formatted only if needed."""
+
+    __slots__ = ("index", "kwnames", "num_args", "wrapper")
+
+    def __init__(self, wrapper: _JitWrapper, num_args: int, kwnames: tuple[str, ...], index: int):
+        self.wrapper, self.num_args, self.kwnames, self.index = wrapper, num_args, kwnames, index
+
+    def __str__(self) -> str:
+        return self.wrapper._labels_for(self.num_args, self.kwnames)[self.index]
+
+
 _WRAPPERS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -414,7 +433,7 @@ class _JitWrapper:
                 continue
             memo = a.__dict__.get(_JIT_MEMO) if t in MODULE_TYPES else None
             if memo is None:
-                memo = _split_arg(a, self._labels_for(len(args), tuple(kwargs))[i], self._info)
+                memo = _split_arg(a, _Label(self, len(args), tuple(kwargs), i), self._info)
             static, arrs = memo
             key.append(id(static))
             arrays.extend(arrs)
