@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import operator
+import os
 import threading
 import warnings
 import weakref
@@ -326,10 +326,28 @@ class _Boxed:
 jtu.register_pytree_node(_Boxed, lambda b: (b.arrays, b.static), lambda s, a: _Boxed(a, s))
 
 
-def _finish_either(unboxed_finish: Callable[[Any], Any], out: Any) -> Any:
+def _finish_either(unboxed_finish: Callable[[Any], Any] | None, out: Any) -> Any:
     if type(out) is _Boxed:
         return out.static.rebuild(out.arrays)
-    return unboxed_finish(out)
+    return out if unboxed_finish is None else unboxed_finish(out)
+
+
+_GENERATED_FILENAME = os.path.join(os.path.dirname(__file__), "<generated>")
+
+
+def _fixed_arity(fn: Callable[..., Any], n: int) -> Callable[..., Any]:
+    """`fn` taking exactly `n` positional arguments: JAX dispatches a fixed-arity function
+    ~0.35 µs faster than a `*args` one (benchmarks: jit N static)."""
+    names = ", ".join(f"a{i}" for i in range(n))
+    namespace: dict[str, Any] = {"fn": fn}
+    # Named as a file of larix, so that warnings skip it when they look for the user's line.
+    code = compile(f"def fixed({names}):\n    return fn({names})", _GENERATED_FILENAME, "exec")
+    exec(code, namespace)  # noqa: S102 - generated from a count
+    fixed = namespace["fixed"]
+    # Not functools.wraps: JAX reads the signature through __wrapped__, which would bring
+    # the `*args` signature back.
+    fixed.__name__ = fixed.__qualname__ = getattr(fn, "__name__", "fixed")
+    return fixed
 
 
 class _Quietly:
@@ -481,7 +499,8 @@ class _JitWrapper:
                     out = entry.fn(*arrays)
                 except _OutputStaticChanged:
                     return general(args, kwargs)
-                return entry.finish(out)
+                finish = entry.finish
+                return out if finish is None else finish(out)
 
         functools.update_wrapper(call, self._fun, updated=())
         call.lower = self.lower  # type: ignore[attr-defined]
@@ -499,7 +518,8 @@ class _JitWrapper:
         except _OutputStaticChanged:
             self._box(entry)
             out = entry.fn(*arrays)
-        return entry.finish(out)
+        finish = entry.finish
+        return out if finish is None else finish(out)
 
     def _new_entry(self, key: tuple[Any, ...], parts: list[Any], num_args: int) -> _Entry:
         with self._lock:
@@ -556,13 +576,13 @@ class _JitWrapper:
             with self._lock:
                 if entry.out_static is None:
                     entry.out_static = out_static
-                    # A C-level itemgetter for the common single-array output.
-                    entry.finish = operator.itemgetter(0) if out_static.bare else out_static.rebuild
+                    # A single-array output is returned as it is: no finishing step at all.
+                    entry.finish = None if out_static.bare else out_static.rebuild
                 elif entry.out_static != out_static:
                     raise _OutputStaticChanged
-            return out_arrays
+            return out_arrays[0] if out_static.bare else out_arrays
 
-        jitted = jax.jit(traced, donate_argnums=donate_argnums, **self._jitkwargs)
+        jitted = jax.jit(_fixed_arity(traced, total), donate_argnums=donate_argnums, **self._jitkwargs)
         if not self._quiet_donation:
             return jitted
 
@@ -640,7 +660,7 @@ class _Compiled:
             )
         with _Quietly() if self._wrapper._quiet_donation else contextlib.nullcontext():
             out = self.compiled(*arrays)
-        return self._finish(out)
+        return out if self._finish is None else self._finish(out)
 
 
 def filter_jit(fun: Callable[..., Any] | None = None, *, donate: str = "none", **jitkwargs: Any) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -103,73 +103,65 @@ class AdaptivePool(Module):
         return x
 
 
-class AdaptiveAvgPool1d(AdaptivePool):
+class _AdaptivePoolNd(AdaptivePool):
+    # The shared `__init__` of AdaptiveAvgPool1d/2d/3d and AdaptiveMaxPool1d/2d/3d: each
+    # subclass sets the reduction and the number of spatial dimensions.
+    _operation: ClassVar[Callable[[Array], Array]]
+    _num_spatial_dims: ClassVar[int]
+
+    def __init__(self, target_shape: int | Sequence[int]):
+        """**Arguments:**
+
+        - `target_shape`: the output's spatial shape: an int or one int per dimension.
+        """
+        super().__init__(target_shape, self._num_spatial_dims, self._operation)
+
+
+class _AdaptiveAvgPoolNd(_AdaptivePoolNd):
+    _operation = staticmethod(jnp.mean)
+
+
+class _AdaptiveMaxPoolNd(_AdaptivePoolNd):
+    _operation = staticmethod(jnp.max)
+
+
+class AdaptiveAvgPool1d(_AdaptiveAvgPoolNd):
     """Adaptive 1-dimensional pooling by the mean to a fixed output shape:
     [`larix.nn.AdaptivePool`][] with `num_spatial_dims=1` and `operation=jnp.mean`."""
 
-    def __init__(self, target_shape: int | Sequence[int]):
-        """**Arguments:**
-
-        - `target_shape`: the output's spatial shape: an int or one int per dimension.
-        """
-        super().__init__(target_shape, 1, jnp.mean)
+    _num_spatial_dims = 1
 
 
-class AdaptiveAvgPool2d(AdaptivePool):
+class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
     """Adaptive 2-dimensional pooling by the mean to a fixed output shape:
     [`larix.nn.AdaptivePool`][] with `num_spatial_dims=2` and `operation=jnp.mean`."""
 
-    def __init__(self, target_shape: int | Sequence[int]):
-        """**Arguments:**
-
-        - `target_shape`: the output's spatial shape: an int or one int per dimension.
-        """
-        super().__init__(target_shape, 2, jnp.mean)
+    _num_spatial_dims = 2
 
 
-class AdaptiveAvgPool3d(AdaptivePool):
+class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
     """Adaptive 3-dimensional pooling by the mean to a fixed output shape:
     [`larix.nn.AdaptivePool`][] with `num_spatial_dims=3` and `operation=jnp.mean`."""
 
-    def __init__(self, target_shape: int | Sequence[int]):
-        """**Arguments:**
-
-        - `target_shape`: the output's spatial shape: an int or one int per dimension.
-        """
-        super().__init__(target_shape, 3, jnp.mean)
+    _num_spatial_dims = 3
 
 
-class AdaptiveMaxPool1d(AdaptivePool):
+class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
     """Adaptive 1-dimensional pooling by the maximum to a fixed output shape:
     [`larix.nn.AdaptivePool`][] with `num_spatial_dims=1` and `operation=jnp.max`."""
 
-    def __init__(self, target_shape: int | Sequence[int]):
-        """**Arguments:**
-
-        - `target_shape`: the output's spatial shape: an int or one int per dimension.
-        """
-        super().__init__(target_shape, 1, jnp.max)
+    _num_spatial_dims = 1
 
 
-class AdaptiveMaxPool2d(AdaptivePool):
+class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
     """Adaptive 2-dimensional pooling by the maximum to a fixed output shape:
     [`larix.nn.AdaptivePool`][] with `num_spatial_dims=2` and `operation=jnp.max`."""
 
-    def __init__(self, target_shape: int | Sequence[int]):
-        """**Arguments:**
-
-        - `target_shape`: the output's spatial shape: an int or one int per dimension.
-        """
-        super().__init__(target_shape, 2, jnp.max)
+    _num_spatial_dims = 2
 
 
-class AdaptiveMaxPool3d(AdaptivePool):
+class AdaptiveMaxPool3d(_AdaptiveMaxPoolNd):
     """Adaptive 3-dimensional pooling by the maximum to a fixed output shape:
     [`larix.nn.AdaptivePool`][] with `num_spatial_dims=3` and `operation=jnp.max`."""
 
-    def __init__(self, target_shape: int | Sequence[int]):
-        """**Arguments:**
-
-        - `target_shape`: the output's spatial shape: an int or one int per dimension.
-        """
-        super().__init__(target_shape, 3, jnp.max)
+    _num_spatial_dims = 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -132,154 +132,83 @@ class Pool(Module):
         )
 
 
-class MaxPool1d(Pool):
+class _PoolNd(Pool):
+    # The shared `__init__` of MaxPool1d/2d/3d and AvgPool1d/2d/3d: each subclass sets the
+    # reduction `(init, operation)` and the number of spatial dimensions.
+    _reduction: ClassVar[tuple[Any, Callable[[Array, Array], Array]]]
+    _num_spatial_dims: ClassVar[int]
+
+    def __init__(
+        self,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | Sequence[tuple[int, int]] = 0,
+        use_ceil: bool = False,
+    ):
+        """**Arguments:**
+
+        - `kernel_size`: the window size: an int or one int per spatial dimension.
+        - `stride`: the step between windows: an int or one per dimension. Defaults to 1,
+          as in Equinox (PyTorch's default is the kernel size).
+        - `padding`: an int, one int per dimension, or `(before, after)` pairs.
+        - `use_ceil`: round the output size up rather than down.
+        """
+        init, operation = self._reduction
+        super().__init__(init, operation, self._num_spatial_dims, kernel_size, stride, padding, use_ceil)
+
+
+class _MaxPoolNd(_PoolNd):
+    _reduction = (-np.inf, jax.lax.max)
+
+
+class _AvgPoolNd(_PoolNd):
+    _reduction = (0, jax.lax.add)
+
+    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
+        """**Arguments:** `x`, an array of shape `(channels, ...)`; `key`, ignored.
+
+        **Returns:** the mean over each window (padding counts as zeros).
+        """
+        return super().__call__(x) / math.prod(self.kernel_size)
+
+
+class MaxPool1d(_MaxPoolNd):
     """1-dimensional pooling by the maximum over a sliding window, on arrays of shape
     `(channels, dim_1)`: [`larix.nn.Pool`][] with `init=-np.inf` and `operation=jax.lax.max`."""
 
-    def __init__(
-        self,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] | Sequence[tuple[int, int]] = 0,
-        use_ceil: bool = False,
-    ):
-        """**Arguments:**
-
-        - `kernel_size`: the window size: an int or one int per spatial dimension.
-        - `stride`: the step between windows: an int or one per dimension. Defaults to 1,
-          as in Equinox (PyTorch's default is the kernel size).
-        - `padding`: an int, one int per dimension, or `(before, after)` pairs.
-        - `use_ceil`: round the output size up rather than down.
-        """
-        super().__init__(-np.inf, jax.lax.max, 1, kernel_size, stride, padding, use_ceil)
+    _num_spatial_dims = 1
 
 
-class MaxPool2d(Pool):
+class MaxPool2d(_MaxPoolNd):
     """2-dimensional pooling by the maximum over a sliding window, on arrays of shape
     `(channels, dim_1, dim_2)`: [`larix.nn.Pool`][] with `init=-np.inf` and `operation=jax.lax.max`."""
 
-    def __init__(
-        self,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] | Sequence[tuple[int, int]] = 0,
-        use_ceil: bool = False,
-    ):
-        """**Arguments:**
-
-        - `kernel_size`: the window size: an int or one int per spatial dimension.
-        - `stride`: the step between windows: an int or one per dimension. Defaults to 1,
-          as in Equinox (PyTorch's default is the kernel size).
-        - `padding`: an int, one int per dimension, or `(before, after)` pairs.
-        - `use_ceil`: round the output size up rather than down.
-        """
-        super().__init__(-np.inf, jax.lax.max, 2, kernel_size, stride, padding, use_ceil)
+    _num_spatial_dims = 2
 
 
-class MaxPool3d(Pool):
+class MaxPool3d(_MaxPoolNd):
     """3-dimensional pooling by the maximum over a sliding window, on arrays of shape
     `(channels, dim_1, dim_2, dim_3)`: [`larix.nn.Pool`][] with `init=-np.inf` and `operation=jax.lax.max`."""
 
-    def __init__(
-        self,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] | Sequence[tuple[int, int]] = 0,
-        use_ceil: bool = False,
-    ):
-        """**Arguments:**
-
-        - `kernel_size`: the window size: an int or one int per spatial dimension.
-        - `stride`: the step between windows: an int or one per dimension. Defaults to 1,
-          as in Equinox (PyTorch's default is the kernel size).
-        - `padding`: an int, one int per dimension, or `(before, after)` pairs.
-        - `use_ceil`: round the output size up rather than down.
-        """
-        super().__init__(-np.inf, jax.lax.max, 3, kernel_size, stride, padding, use_ceil)
+    _num_spatial_dims = 3
 
 
-class AvgPool1d(Pool):
+class AvgPool1d(_AvgPoolNd):
     """1-dimensional pooling by the mean over a sliding window, on arrays of shape
     `(channels, dim_1)`: [`larix.nn.Pool`][] with `init=0` and `operation=jax.lax.add`."""
 
-    def __init__(
-        self,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] | Sequence[tuple[int, int]] = 0,
-        use_ceil: bool = False,
-    ):
-        """**Arguments:**
-
-        - `kernel_size`: the window size: an int or one int per spatial dimension.
-        - `stride`: the step between windows: an int or one per dimension. Defaults to 1,
-          as in Equinox (PyTorch's default is the kernel size).
-        - `padding`: an int, one int per dimension, or `(before, after)` pairs.
-        - `use_ceil`: round the output size up rather than down.
-        """
-        super().__init__(0, jax.lax.add, 1, kernel_size, stride, padding, use_ceil)
-
-    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """**Arguments:** `x`, an array of shape `(channels, ...)`; `key`, ignored.
-
-        **Returns:** the mean over each window (padding counts as zeros).
-        """
-        return super().__call__(x) / math.prod(self.kernel_size)
+    _num_spatial_dims = 1
 
 
-class AvgPool2d(Pool):
+class AvgPool2d(_AvgPoolNd):
     """2-dimensional pooling by the mean over a sliding window, on arrays of shape
     `(channels, dim_1, dim_2)`: [`larix.nn.Pool`][] with `init=0` and `operation=jax.lax.add`."""
 
-    def __init__(
-        self,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] | Sequence[tuple[int, int]] = 0,
-        use_ceil: bool = False,
-    ):
-        """**Arguments:**
-
-        - `kernel_size`: the window size: an int or one int per spatial dimension.
-        - `stride`: the step between windows: an int or one per dimension. Defaults to 1,
-          as in Equinox (PyTorch's default is the kernel size).
-        - `padding`: an int, one int per dimension, or `(before, after)` pairs.
-        - `use_ceil`: round the output size up rather than down.
-        """
-        super().__init__(0, jax.lax.add, 2, kernel_size, stride, padding, use_ceil)
-
-    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """**Arguments:** `x`, an array of shape `(channels, ...)`; `key`, ignored.
-
-        **Returns:** the mean over each window (padding counts as zeros).
-        """
-        return super().__call__(x) / math.prod(self.kernel_size)
+    _num_spatial_dims = 2
 
 
-class AvgPool3d(Pool):
+class AvgPool3d(_AvgPoolNd):
     """3-dimensional pooling by the mean over a sliding window, on arrays of shape
     `(channels, dim_1, dim_2, dim_3)`: [`larix.nn.Pool`][] with `init=0` and `operation=jax.lax.add`."""
 
-    def __init__(
-        self,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] | Sequence[tuple[int, int]] = 0,
-        use_ceil: bool = False,
-    ):
-        """**Arguments:**
-
-        - `kernel_size`: the window size: an int or one int per spatial dimension.
-        - `stride`: the step between windows: an int or one per dimension. Defaults to 1,
-          as in Equinox (PyTorch's default is the kernel size).
-        - `padding`: an int, one int per dimension, or `(before, after)` pairs.
-        - `use_ceil`: round the output size up rather than down.
-        """
-        super().__init__(0, jax.lax.add, 3, kernel_size, stride, padding, use_ceil)
-
-    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """**Arguments:** `x`, an array of shape `(channels, ...)`; `key`, ignored.
-
-        **Returns:** the mean over each window (padding counts as zeros).
-        """
-        return super().__call__(x) / math.prod(self.kernel_size)
+    _num_spatial_dims = 3
