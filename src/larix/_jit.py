@@ -470,37 +470,33 @@ class _JitWrapper:
         general = self._call
         concrete, modules, memo_name, array_id = _CONCRETE_ARRAY_TYPES, MODULE_TYPES, _JIT_MEMO, _ARRAY_ID
 
-        if self._fun_is_module:
+        # A Module (or bound method) as `fun` is the first value of the key, as in `_key`.
+        prefix = (self._fun,) if self._fun_is_module else ()
 
-            def call(*args: Any, **kwargs: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if kwargs:
                 return general(args, kwargs)
-
-        else:
-
-            def call(*args: Any, **kwargs: Any) -> Any:
-                if kwargs:
+            key = [()]
+            arrays: list[Any] = []
+            for a in prefix + args if prefix else args:
+                t = type(a)
+                if t in concrete:
+                    key.append(array_id)
+                    arrays.append(a)
+                elif t in modules and (memo := a.__dict__.get(memo_name)) is not None:
+                    key.append(id(memo[0]))
+                    arrays += memo[1]
+                else:
                     return general(args, kwargs)
-                key = [()]
-                arrays: list[Any] = []
-                for a in args:
-                    t = type(a)
-                    if t in concrete:
-                        key.append(array_id)
-                        arrays.append(a)
-                    elif t in modules and (memo := a.__dict__.get(memo_name)) is not None:
-                        key.append(id(memo[0]))
-                        arrays += memo[1]
-                    else:
-                        return general(args, kwargs)
-                entry = cache_get(tuple(key))
-                if entry is None:
-                    return general(args, kwargs)
-                try:
-                    out = entry.fn(*arrays)
-                except _OutputStaticChanged:
-                    return general(args, kwargs)
-                finish = entry.finish
-                return out if finish is None else finish(out)
+            entry = cache_get(tuple(key))
+            if entry is None:
+                return general(args, kwargs)
+            try:
+                out = entry.fn(*arrays)
+            except _OutputStaticChanged:
+                return general(args, kwargs)
+            finish = entry.finish
+            return out if finish is None else finish(out)
 
         functools.update_wrapper(call, self._fun, updated=())
         call.lower = self.lower  # type: ignore[attr-defined]
