@@ -143,3 +143,19 @@ def test_structure_mismatch_agrees_with_treedef_equality(a, b):
         # the path leads to a node in both trees, reachable with ordinary indexing
         for tree in (a, b):
             get_at(tree, tuple(k for k in path))
+
+
+def test_broadcast_prefix_gives_each_tree_leaf_its_prefix_leaf_and_path():
+    import jax.tree_util as jtu
+
+    from larix._paths import PrefixMismatchError, broadcast_prefix
+
+    tree = {"a": (1, 2), "b": {"c": 3, "d": None}}
+    per_leaf = broadcast_prefix({"a": "A", "b": {"c": "C", "d": "D"}}, tree)
+    assert [leaf for _, leaf in per_leaf] == ["A", "A", "C"]  # "D" covers no leaf
+    assert per_leaf[0][0] == (jtu.DictKey("a"),)
+    assert broadcast_prefix("everything", tree) == [((), "everything")] * 3
+    with pytest.raises(PrefixMismatchError) as info:
+        broadcast_prefix({"a": 0, "x": 0}, tree)
+    assert isinstance(info.value, ValueError) and info.value.path == ()
+    assert "['a', 'x']" in info.value.why

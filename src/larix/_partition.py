@@ -10,7 +10,7 @@ from typing import Any
 import jax.tree_util as jtu
 
 from ._filters import Filter, is_array, is_inexact_array
-from ._paths import dotted_path, python_path, structure_mismatch
+from ._paths import PrefixMismatchError, broadcast_prefix, dotted_path, python_path, structure_mismatch
 
 __all__ = ["combine", "filter", "leaf_owners", "partition"]
 
@@ -86,7 +86,7 @@ def leaf_owners(
             # Every leaf is taken, but a later spec must still be a prefix of the tree:
             # whether a bad spec raises must not depend on the values in the tree.
             if not (spec_def.num_leaves == 1 and spec_def.num_nodes == 1):
-                _broadcast_prefix(spec, spec_leaves, spec_def, tree, is_leaf, i)
+                _broadcast_prefix(spec, tree, is_leaf, i)
             continue
         if spec_def.num_leaves == 1 and spec_def.num_nodes == 1:
             # The common case: one bool or callable for the whole tree.
@@ -94,7 +94,7 @@ def leaf_owners(
             sub_paths = None if paths is None else [paths[j] for j in todo]
             mask = _mask(spec, sub_leaves, sub_paths, lambda _: "the root of the filter spec")
         else:
-            per_leaf = _broadcast_prefix(spec, spec_leaves, spec_def, tree, is_leaf, i)
+            per_leaf = _broadcast_prefix(spec, tree, is_leaf, i)
             mask = []
             for j in todo:
                 spec_leaf, spec_path = per_leaf[j]
@@ -111,23 +111,17 @@ def leaf_owners(
     return owners
 
 
-def _broadcast_prefix(spec: Any, spec_leaves: list[Any], spec_def: Any, tree: Any, is_leaf: Any, index: int) -> list[tuple[Any, str]]:
+def _broadcast_prefix(spec: Any, tree: Any, is_leaf: Any, index: int) -> list[tuple[Any, str]]:
     """The spec leaf (and its path, for errors) that applies to each leaf of `tree`."""
     try:
-        subtrees = spec_def.flatten_up_to(tree)
-    except (ValueError, TypeError):
-        found = structure_mismatch(spec, tree, prefix=True)
-        where, why = found if found is not None else ((), "the structures differ")
+        per_leaf = broadcast_prefix(spec, tree, tree_is_leaf=is_leaf)
+    except PrefixMismatchError as error:
         raise ValueError(
             f"Filter spec {index} is not a pytree prefix of the tree: at "
-            f"{python_path(where)} it has {why}. A filter spec must either be a single bool "
-            "or callable, or mirror the tree's structure down to the level where it applies."
+            f"{python_path(error.path)} it has {error.why}. A filter spec must either be a single "
+            "bool or callable, or mirror the tree's structure down to the level where it applies."
         ) from None
-    spec_paths = [python_path(p, "filter_spec") for p, _ in jtu.tree_flatten_with_path(spec)[0]]
-    per_leaf: list[tuple[Any, str]] = []
-    for s, sub, where in zip(spec_leaves, subtrees, spec_paths):
-        per_leaf.extend([(s, where)] * len(jtu.tree_leaves(sub, is_leaf)))
-    return per_leaf
+    return [(leaf, python_path(path, "filter_spec")) for path, leaf in per_leaf]
 
 
 def filter(  # noqa: A001 - Equinox's name

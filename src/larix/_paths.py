@@ -15,7 +15,15 @@ from typing import Any
 
 import jax.tree_util as jtu
 
-__all__ = ["dotted_path", "entry_name", "flatten_one_level_with_keys", "python_path", "structure_mismatch"]
+__all__ = [
+    "PrefixMismatchError",
+    "broadcast_prefix",
+    "dotted_path",
+    "entry_name",
+    "flatten_one_level_with_keys",
+    "python_path",
+    "structure_mismatch",
+]
 
 
 def entry_name(entry: Any) -> str:
@@ -128,3 +136,38 @@ def structure_mismatch(
         if found is not None:
             return found
     return None
+
+
+class PrefixMismatchError(ValueError):
+    """`prefix` is not a pytree prefix of the tree: `path` is where, `why` what differs.
+
+    Callers catch it and raise their own error, which says what the prefix was for.
+    """
+
+    def __init__(self, path: tuple[Any, ...], why: str):
+        super().__init__(f"not a pytree prefix at {python_path(path)}: {why}")
+        self.path, self.why = path, why
+
+
+def broadcast_prefix(
+    prefix: Any, tree: Any, *, prefix_is_leaf: Any = None, tree_is_leaf: Any = None
+) -> list[tuple[tuple[Any, ...], Any]]:
+    """For each leaf of `tree`, the `(path, leaf)` of `prefix` that applies to it.
+
+    The one mechanism behind every "pytree prefix" argument: filter specs, `in_axes` /
+    `out_axes`, shardings. Each leaf of `prefix` covers the whole subtree of `tree` below
+    the same path.
+
+    **Raises:** `PrefixMismatchError` naming the first place where `prefix` is not a prefix.
+    """
+    path_leaves, prefix_def = jtu.tree_flatten_with_path(prefix, is_leaf=prefix_is_leaf)
+    try:
+        subtrees = prefix_def.flatten_up_to(tree)
+    except (ValueError, TypeError):
+        found = structure_mismatch(prefix, tree, is_leaf=prefix_is_leaf, prefix=True)
+        path, why = found if found is not None else ((), "a different structure")
+        raise PrefixMismatchError(path, why) from None
+    per_leaf: list[tuple[tuple[Any, ...], Any]] = []
+    for path_leaf, sub in zip(path_leaves, subtrees):
+        per_leaf.extend([path_leaf] * len(jtu.tree_leaves(sub, is_leaf=tree_is_leaf)))
+    return per_leaf

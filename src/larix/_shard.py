@@ -17,7 +17,7 @@ import jax.tree_util as jtu
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, Sharding, SingleDeviceSharding
 
 from ._filters import is_array
-from ._paths import dotted_path, python_path, structure_mismatch
+from ._paths import PrefixMismatchError, broadcast_prefix, dotted_path, python_path
 
 __all__ = ["filter_shard", "named_shardings"]
 
@@ -34,23 +34,18 @@ def _leaf_specs(x: Any, leaves: list[Any], spec: Any) -> list[Any]:
     if _is_spec_leaf(spec):
         _check_spec_leaf(spec, ())
         return [spec] * len(leaves)
-    spec_def = jtu.tree_structure(spec, is_leaf=_is_spec_leaf)
+    for path, s in jtu.tree_flatten_with_path(spec, is_leaf=_is_spec_leaf)[0]:
+        _check_spec_leaf(s, path)
     try:
-        subtrees = spec_def.flatten_up_to(x)
-    except (ValueError, TypeError):
-        found = structure_mismatch(spec, x, is_leaf=_is_spec_leaf, prefix=True)
-        where, why = found if found is not None else ((), "the structures differ")
+        per_leaf = broadcast_prefix(spec, x, prefix_is_leaf=_is_spec_leaf)
+    except PrefixMismatchError as error:
         raise ValueError(
             f"larix.filter_shard: the shardings are not a pytree prefix of the tree: at "
-            f"{python_path(where, 'shardings')} there is {why}. Pass one sharding for every "
-            "array, or a tree that mirrors the model down to where each sharding applies "
+            f"{python_path(error.path, 'shardings')} there is {error.why}. Pass one sharding for "
+            "every array, or a tree that mirrors the model down to where each sharding applies "
             "(larix.named_shardings(model, mesh, rule) builds one)."
         ) from None
-    per_leaf: list[Any] = []
-    for (path, s), sub in zip(jtu.tree_flatten_with_path(spec, is_leaf=_is_spec_leaf)[0], subtrees):
-        _check_spec_leaf(s, path)
-        per_leaf.extend([s] * len(jtu.tree_leaves(sub)))
-    return per_leaf
+    return [s for _, s in per_leaf]
 
 
 def _check_spec_leaf(s: Any, path: tuple[Any, ...]) -> None:

@@ -21,7 +21,7 @@ import jax.tree_util as jtu
 
 from ._filters import is_array
 from ._module import field
-from ._paths import python_path, structure_mismatch
+from ._paths import PrefixMismatchError, broadcast_prefix, python_path
 from ._tree import if_array
 from ._wrappers import Box, TransformWrapper, argument_path, check_callable, describe, wrap
 
@@ -110,20 +110,15 @@ def _argument_specs(fun: Any, in_axes: Any, args: tuple[Any, ...], kwargs: dict[
 
 def _leaf_axes(spec: Any, tree: Any, where: Callable[[tuple[Any, ...]], str], what: str, name: str) -> list[Any]:
     """The axis (int or None) for each leaf of `tree`, from a prefix `spec` of it."""
-    spec_leaves, spec_def = jtu.tree_flatten(spec, is_leaf=_is_none)
     try:
-        subtrees = spec_def.flatten_up_to(tree)
-    except (ValueError, TypeError):
-        found = structure_mismatch(spec, tree, is_leaf=_is_none, prefix=True)
-        path, why = found if found is not None else ((), "a different structure")
+        per_leaf = broadcast_prefix(spec, tree, prefix_is_leaf=_is_none)
+    except PrefixMismatchError as error:
         raise ValueError(
             f"larix.{name}: {what} must be a pytree prefix of the {'output' if what == 'out_axes' else 'arguments'}, "
-            f"but at {where(path)} there is {why}."
+            f"but at {where(error.path)} there is {error.why}."
         ) from None
-    axes: list[Any] = []
-    for s, sub in zip(spec_leaves, subtrees):
-        leaves = jtu.tree_leaves(sub)
-        axes.extend(map(s, leaves) if callable(s) else [s] * len(leaves))
+    leaves = jtu.tree_leaves(tree)
+    axes = [s(leaf) if callable(s) else s for (_, s), leaf in zip(per_leaf, leaves)]
     for i, axis in enumerate(axes):
         if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool)):
             raise TypeError(
