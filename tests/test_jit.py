@@ -871,3 +871,85 @@ def test_clear_caches_makes_every_filter_jit_function_compile_again():
     larix.clear_caches()
     assert jnp.array_equal(f(x), x + 1) and jnp.array_equal(g(x), x * 2)
     assert (larix.debug.get_num_traces(f), larix.debug.get_num_traces(g)) == (2, 2)
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+def test_long_tuple_in_a_static_field_retraces_and_explains():
+    f = larix.filter_jit(lambda t: t.value * t.tag[0])
+    x = jnp.ones(2)
+    base = tuple(range(100))
+    f(Tagged(x, base))
+    changed = (*base[:7], -7, *base[8:])
+    with larix.debug.explain_recompiles(False):
+        f(Tagged(x, changed))
+    assert get_num_traces(f) == 2
+    assert "7" in larix.debug.recompile_reasons(f)[-1]
+    f(Tagged(x, base))
+    assert get_num_traces(f) == 2
+
+
+class Plain(larix.Module):
+    value: Any
+    numbers: Any
+
+
+def test_long_plain_tuple_in_a_field_retraces_per_element_and_type():
+    f, calls = counted(lambda m: m.value + m.numbers[3])
+    x = jnp.ones(2)
+    base = tuple(range(80))
+    outs = [f(Plain(x, numbers)) for numbers in (base, (*base[:3], 10, *base[4:]), (*base[:3], 3.0, *base[4:]))]
+    assert len(calls) == 3
+    np.testing.assert_allclose(outs[1], x + 10)
+    assert outs[2].dtype == jnp.float32
+    f(Plain(x, tuple(range(80))))  # equal, not identical: no retrace
+    assert len(calls) == 3
+    message = larix.debug.recompile_reasons(f)[-1]
+    assert "args[0].numbers[3]" in message, message
+
+
+def test_returned_model_with_a_long_tuple_is_fed_back_without_retracing():
+    f, calls = counted(lambda m: Plain(m.value + 1, m.numbers))
+    model = Plain(jnp.zeros(2), tuple(range(1000)))
+    for _ in range(3):
+        model = f(model)
+    assert len(calls) == 1
+    assert model.numbers == tuple(range(1000))
+    np.testing.assert_allclose(model.value, 3.0)
+
+
+def test_optimiser_state_like_argument_of_only_arrays():
+    import collections
+
+    State = collections.namedtuple("State", ["count", "mu"])
+    f, calls = counted(lambda s: State(s.count + 1, jtu.tree_map(lambda v: v * 2, s.mu)))
+    state = (State(jnp.zeros((), jnp.int32), {"a": jnp.ones(2), "b": jnp.ones(3)}), ())
+    for _ in range(3):
+        state = (f(state[0]), ())
+    assert len(calls) == 1
+    assert int(state[0].count) == 3
+    np.testing.assert_allclose(state[0].mu["a"], 8.0)
+    f(State(jnp.zeros((), jnp.int32), {"a": jnp.ones(2), "b": jnp.ones(4)}))  # a shape
+    f(State(jnp.zeros((), jnp.float32), {"a": jnp.ones(2), "b": jnp.ones(3)}))  # a dtype
+    f(State(jnp.zeros((), jnp.int32), {"a": jnp.ones(2)}))  # the structure
+    f(State(jnp.zeros((), jnp.int32), {"a": jnp.ones(2), "b": 1}))  # a static leaf
+    assert len(calls) == 5
+    f(State(jnp.zeros((), jnp.int32), {"a": jnp.ones(2), "b": jnp.ones(3)}))
+    assert len(calls) == 5
+
+
+def test_single_argument_calls_switch_between_compilations():
+    f, calls = counted(lambda t: t.value * 2 if t.tag == "double" else t.value)
+    a, b = Tagged(jnp.ones(2), "double"), Tagged(jnp.ones(2), "same")
+    for _ in range(2):
+        np.testing.assert_allclose(f(a), 2.0)
+        np.testing.assert_allclose(f(b), 1.0)
+    assert len(calls) == 2
+    g, g_calls = counted(lambda x: x * 3)
+    for n in (2, 2, 3, 2):
+        np.testing.assert_allclose(g(jnp.ones(n)), 3.0)
+    assert len(g_calls) == 2
+    larix.clear_caches()
+    np.testing.assert_allclose(f(a), 2.0)
+    assert len(calls) == 3

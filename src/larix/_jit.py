@@ -33,6 +33,8 @@ __all__ = ["clear_caches", "filter_jit"]
 # Memo on a Module instance: (its _Static, its arrays). See _split_arg.
 _JIT_MEMO = "__larix_jit__"
 _CONCRETE_ARRAY_TYPES = (type(jax.numpy.zeros(0)), np.ndarray)
+_CONCRETE_SET = frozenset(_CONCRETE_ARRAY_TYPES)
+_ALL_ARRAYS = object()  # tags the `info` entries that map a treedef to its static part
 
 
 class _Static:
@@ -41,6 +43,7 @@ class _Static:
     __slots__ = (
         "__weakref__",
         "_hash",
+        "all_arrays",
         "bare",
         "field_types",
         "fields",
@@ -61,9 +64,11 @@ class _Static:
         memoisable: bool,
         fields: tuple[Any, ...] = (),
         hashable: bool = True,
+        whole: dict[int, set[type]] | None = None,
     ):
         # `template` holds the leaves with None in the array slots `positions`; `fields` the
-        # values of every Module static field in the tree, in traversal order.
+        # values of every Module static field in the tree, in traversal order; `whole` the
+        # element types of the tuples kept whole, by id (see _inspect).
         self.treedef = treedef
         self.template = template
         self.positions = positions
@@ -73,7 +78,14 @@ class _Static:
         self.values = tuple(template)
         # Types too: 1, 1.0 and True are equal and hash alike, but must not share a trace.
         # The treedef compares static fields with == only, so their types are kept as well.
-        self.types = tuple(map(type, template))
+        types = tuple(map(type, template))
+        if tuple in types:  # a long tuple of plain values kept whole (see _inspect)
+            whole = whole or {}
+            types = tuple(
+                (t, _element_types(v, whole.get(id(v)))) if t is tuple else t for t, v in zip(types, template)
+            )
+        self.types = types
+        self.all_arrays = len(positions) == len(template)
         self.fields = fields
         self.field_types = tuple(map(type, fields))
         # The treedef's own hash skips Module static fields: hash them explicitly, which
@@ -88,6 +100,8 @@ class _Static:
     def rebuild(self, arrays: Any) -> Any:
         if self.bare:
             return arrays[0]
+        if self.all_arrays:  # an optimiser state: nothing to interleave
+            return self.treedef.unflatten(arrays)
         leaves = self.template.copy()
         for p, a in zip(self.positions, arrays):
             leaves[p] = a
@@ -142,37 +156,69 @@ def _intern(static: _Static) -> _Static:
     return static
 
 
-def _inspect(node: Any, fields: list[Any]) -> bool:
+# Tuples at least this long whose items are all plain Python values are kept whole, as one
+# static leaf (for Modules, whose walk in _inspect finds them): a Module holding `tuple(range(100_000))` then costs one hash on its first
+# call instead of 100k leaves to flatten, check and rebuild (benchmarks: first call).
+_WHOLE_TUPLE_MIN = 64
+_PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes, type(None)})
+
+
+def _element_types(values: tuple[Any, ...], kinds: set[type] | None) -> Any:
+    """What tells apart whole tuples that compare equal: (1, 2) == (1.0, 2.0) == (True, 2).
+    `kinds` is the set of the element types, if known."""
+    kinds = set(map(type, values)) if kinds is None else kinds
+    return next(iter(kinds)) if len(kinds) == 1 else tuple(map(type, values))
+
+
+def _inspect(node: Any, fields: list[Any], whole: dict[int, set[type]]) -> bool:
     """Collect the values of all Module static fields in `node` into `fields`, and return
-    whether every container in it is immutable (so that its split may be memoised)."""
+    whether every container in it is immutable (so that its split may be memoised).
+    Records in `whole` the long tuples of plain values to keep whole: id -> element types."""
     t = type(node)
     if t in _LEAF_TYPES or node is None:
         return True
     if t in MODULE_TYPES:
         d = node.__dict__
         fields.extend(d[name] for name in t._larix_static_fields)  # type: ignore[attr-defined]
-        return all([_inspect(d[name], fields) for name in _dynamic_field_names(t)])
-    if isinstance(node, tuple) and set(map(type, node)) <= _LEAF_TYPES:
+        return all([_inspect(d[name], fields, whole) for name in _dynamic_field_names(t)])
+    if isinstance(node, tuple) and (kinds := set(map(type, node))) <= _LEAF_TYPES:
+        if t is tuple and len(node) >= _WHOLE_TUPLE_MIN and kinds <= _PLAIN_TYPES:
+            whole[id(node)] = kinds
         return True  # C-level check: a tuple of plain leaves
     try:
         children = flatten_one_level_with_keys(node)[0]
     except ValueError:
         return True  # a leaf
-    immutable = all([_inspect(child, fields) for _, child in children])
+    immutable = all([_inspect(child, fields, whole) for _, child in children])
     return immutable and isinstance(node, tuple)
 
 
 def _make_static(
-    x: Any, where: str, memoise: bool, hashable: bool = True, info: dict[Any, Any] | None = None
+    x: Any,
+    where: Any,
+    memoise: bool,
+    hashable: bool = True,
+    info: dict[Any, Any] | None = None,
+    flat: tuple[list[Any], Any] | None = None,
 ) -> tuple[_Static, tuple[Any, ...]]:
     """Split `x` into its static part and its arrays.
 
     `info` caches, per treedef, what `_inspect` finds (the static fields and whether every
     container is immutable): both are functions of the treedef, since Module aux data holds
     the static values and their types. It saves the Python walk over an argument that is
-    not a Module (an optax state) on every call: ~0.2 ms per adam step (benchmarks: adam).
+    not a Module (an optimiser state) on every call (benchmarks: adam). `flat` is `x`
+    flattened already.
     """
-    leaves, treedef = jtu.tree_flatten(x)
+    found = None
+    is_leaf = None
+    whole: dict[int, set[type]] = {}
+    if memoise:  # a Module: walk it first, to know whether some tuples stay whole
+        fields: list[Any] = []
+        immutable = _inspect(x, fields, whole)
+        found = (tuple(fields), immutable)
+        if whole:
+            is_leaf = lambda node: id(node) in whole  # noqa: E731
+    leaves, treedef = jtu.tree_flatten(x, is_leaf) if flat is None else flat
     # Decide "array or not" once per leaf *type*, and select with C-level map/compress:
     # 10x faster than calling is_array per leaf at 100k leaves (benchmarks: first call).
     leaf_types = list(map(type, leaves))
@@ -188,22 +234,23 @@ def _make_static(
         mask = list(map(array_types.__contains__, leaf_types))
         positions = tuple(itertools.compress(range(len(leaves)), mask))
         arrays = tuple(itertools.compress(leaves, mask))
-        template = leaves  # leaves is our own list: reuse it
+        template = leaves if flat is None else list(leaves)  # reuse our own list
         for p in positions:
             template[p] = None
     else:
-        positions, arrays, template = (), (), leaves
-    found = None if info is None else info.get(treedef)
+        positions, arrays, template = (), (), leaves if flat is None else list(leaves)
     if found is None:
-        fields: list[Any] = []
-        immutable = _inspect(x, fields)
+        found = None if info is None else info.get(treedef)
+    if found is None:
+        fields = []
+        immutable = _inspect(x, fields, {})
         found = (tuple(fields), immutable)
         if info is not None:
             if len(info) > 512:  # bounded: a stream of ever-new structures must not leak
                 info.clear()
             info[treedef] = found
     try:
-        static = _Static(treedef, template, positions, memoise and found[1], found[0], hashable)
+        static = _Static(treedef, template, positions, memoise and found[1], found[0], hashable, whole)
     except TypeError:
         raise _unhashable_error(x, where) from None
     if static._hash is None:
@@ -265,7 +312,16 @@ def _split_arg(x: Any, where: str, info: dict[Any, Any] | None = None) -> tuple[
         if static.memoisable:
             x.__dict__[_JIT_MEMO] = (static, arrays)
         return static, arrays
-    static, arrays = _make_static(x, where, memoise=False, info=info)
+    flat = jtu.tree_flatten(x)
+    if info is not None and set(map(type, flat[0])) <= _CONCRETE_SET:
+        # Only concrete arrays (an optimiser state): the static part is a function of the
+        # treedef alone, so remember it per treedef and skip the rest (benchmarks: adam).
+        static = info.get((_ALL_ARRAYS, flat[1]))
+        if static is None:
+            static = _intern(_make_static(x, where, memoise=False, info=info, flat=flat)[0])
+            info[(_ALL_ARRAYS, flat[1])] = static
+        return static, tuple(flat[0])
+    static, arrays = _make_static(x, where, memoise=False, info=info, flat=flat)
     return _intern(static), arrays
 
 
@@ -407,6 +463,7 @@ def clear_caches() -> None:
     for wrapper in list(_WRAPPERS):
         with wrapper._lock:
             wrapper._cache.clear()
+            wrapper._single.clear()
             wrapper._info.clear()
     jax.clear_caches()
 
@@ -422,6 +479,10 @@ class _JitWrapper:
         self._quiet_donation = donate in ("all", "all-except-first")
         self._jitkwargs = jitkwargs
         self._cache: dict[Any, _Entry] = {}
+        # The entries for calls with one positional argument and no Module as `fun`, keyed by
+        # the id of that argument's static part alone: the commonest call, `f(model)`, then
+        # builds no key tuple. An entry holds its static parts, so the ids stay unique.
+        self._single: dict[int, _Entry] = {}
         self._info: dict[Any, Any] = {}  # treedef -> static fields, immutability
         self._lock = threading.Lock()
         self._traces = TraceLog()
@@ -467,6 +528,7 @@ class _JitWrapper:
         memoised Modules. Anything else takes the general path, `_call`.
         """
         cache_get = self._cache.get
+        single_get = self._single.get
         general = self._call
         concrete, modules, memo_name, array_id = _CONCRETE_ARRAY_TYPES, MODULE_TYPES, _JIT_MEMO, _ARRAY_ID
 
@@ -476,19 +538,31 @@ class _JitWrapper:
         def call(*args: Any, **kwargs: Any) -> Any:
             if kwargs:
                 return general(args, kwargs)
-            key = [()]
-            arrays: list[Any] = []
-            for a in prefix + args if prefix else args:
+            if len(args) == 1 and not prefix:  # f(model): one dict lookup, no key to build
+                a = args[0]
                 t = type(a)
-                if t in concrete:
-                    key.append(array_id)
-                    arrays.append(a)
-                elif t in modules and (memo := a.__dict__.get(memo_name)) is not None:
-                    key.append(id(memo[0]))
-                    arrays += memo[1]
+                if t in modules and (memo := a.__dict__.get(memo_name)) is not None:
+                    entry = single_get(id(memo[0]))
+                    arrays = memo[1]
+                elif t in concrete:
+                    entry = single_get(array_id)
+                    arrays = args
                 else:
                     return general(args, kwargs)
-            entry = cache_get(tuple(key))
+            else:
+                key = [()]
+                arrays = []
+                for a in prefix + args if prefix else args:
+                    t = type(a)
+                    if t in concrete:
+                        key.append(array_id)
+                        arrays.append(a)
+                    elif t in modules and (memo := a.__dict__.get(memo_name)) is not None:
+                        key.append(id(memo[0]))
+                        arrays += memo[1]
+                    else:
+                        return general(args, kwargs)
+                entry = cache_get(tuple(key))
             if entry is None:
                 return general(args, kwargs)
             try:
@@ -525,6 +599,8 @@ class _JitWrapper:
                 entry.call = (tuple(parts), num_args, key[0])
                 entry.fn = self._jit(entry)
                 self._cache[key] = entry
+                if len(key) == 2 and not key[0] and not self._fun_is_module:  # f(x): see _single
+                    self._single[key[1]] = entry
         return entry
 
     def _box(self, entry: _Entry) -> None:

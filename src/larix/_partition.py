@@ -27,14 +27,14 @@ def _array_type(t: type, leaf: Any) -> bool:
 
 
 def _mask(spec: Any, leaves: Sequence[Any], paths: Sequence[str] | None, where: Callable[[int], str]) -> list[bool]:
-    """Evaluate one filter-spec leaf on `leaves`."""
+    """Evaluate one filter-spec leaf on `leaves`: a list of real bools."""
     if isinstance(spec, bool):
         return [spec] * len(leaves)
     if spec is is_array:
-        mask = list(map(_ARRAY_TYPE_CACHE.get, map(type, leaves)))  # C-level loops
-        if None in mask:  # types not seen before
-            mask = [_array_type(type(x), x) for x in leaves]
-        return mask
+        try:
+            return list(map(_ARRAY_TYPE_CACHE.__getitem__, map(type, leaves)))  # C-level loops
+        except KeyError:  # types not seen before
+            return [_array_type(type(x), x) for x in leaves]
     if spec is is_inexact_array:
         return [_array_type(type(x), x) and is_inexact_array(x) for x in leaves]
     if isinstance(spec, Filter) and spec.uses_path:
@@ -101,7 +101,7 @@ def leaf_owners(
                 leaf_paths = None if paths is None else [paths[j]]
                 mask.extend(_mask(spec_leaf, [leaves[j]], leaf_paths, lambda _, p=spec_path: p))
         if unassigned is None:  # every owner is still len(filter_specs): map in C
-            owners = list(map({True: i, False: len(filter_specs)}.__getitem__, map(bool, mask)))
+            owners = list(map({True: i, False: len(filter_specs)}.__getitem__, mask))
         else:
             for j, selected in zip(todo, mask):
                 if selected:
