@@ -1,6 +1,7 @@
 """larix: pytree-native neural networks for JAX."""
 
 from . import debug as debug
+from . import io as io
 from . import nn as nn
 from ._ad import filter_grad as filter_grad
 from ._ad import filter_hessian as filter_hessian
@@ -12,6 +13,9 @@ from ._callback import filter_pure_callback as filter_pure_callback
 from ._checkpoint import filter_checkpoint as filter_checkpoint
 from ._custom_ad import filter_custom_jvp as filter_custom_jvp
 from ._custom_ad import filter_custom_vjp as filter_custom_vjp
+from ._errors import EquinoxRuntimeError as EquinoxRuntimeError
+from ._errors import branched_error_if as branched_error_if
+from ._errors import error_if as error_if
 from ._filters import Filter as Filter
 from ._filters import by_path as by_path
 from ._filters import by_type as by_type
@@ -43,6 +47,10 @@ from ._pformat import tree_pprint as tree_pprint
 from ._pmap import filter_pmap as filter_pmap
 from ._scan import Stacked as Stacked
 from ._scan import stack as stack
+from ._serialise import default_deserialise_filter_spec as default_deserialise_filter_spec
+from ._serialise import default_serialise_filter_spec as default_serialise_filter_spec
+from ._serialise import tree_deserialise_leaves as tree_deserialise_leaves
+from ._serialise import tree_serialise_leaves as tree_serialise_leaves
 from ._shapes import filter_eval_shape as filter_eval_shape
 from ._shapes import filter_make_jaxpr as filter_make_jaxpr
 from ._shard import filter_shard as filter_shard

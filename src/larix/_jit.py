@@ -13,6 +13,7 @@ import functools
 import itertools
 import os
 import threading
+import typing
 import warnings
 import weakref
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
+from ._errors import from_compiled
 from ._filters import is_array
 from ._flat import _LEAF_TYPES, _dynamic_field_names
 from ._module import MODULE_TYPES, Module
@@ -406,6 +408,15 @@ def _fixed_arity(fn: Callable[..., Any], n: int) -> Callable[..., Any]:
     return fixed
 
 
+def _reraise(error: Exception) -> typing.NoReturn:
+    """Re-raise an `error_if` failure as `EquinoxRuntimeError`, anything else as it is."""
+    translated = from_compiled(error)
+    if translated is None:
+        raise error
+    # JAX's own text repeats the message inside the host callback's traceback: drop it.
+    raise translated from None
+
+
 class _Quietly:
     """Silence JAX's warning that a donated buffer could not be used (CPU has no donation)."""
 
@@ -569,6 +580,8 @@ class _JitWrapper:
                 out = entry.fn(*arrays)
             except _OutputStaticChanged:
                 return general(args, kwargs)
+            except Exception as error:  # noqa: BLE001 - re-raised; free unless raised (3.11)
+                _reraise(error)
             finish = entry.finish
             return out if finish is None else finish(out)
 
@@ -588,6 +601,8 @@ class _JitWrapper:
         except _OutputStaticChanged:
             self._box(entry)
             out = entry.fn(*arrays)
+        except Exception as error:  # noqa: BLE001 - re-raised
+            _reraise(error)
         finish = entry.finish
         return out if finish is None else finish(out)
 
@@ -731,7 +746,10 @@ class _Compiled:
                 "filter_jit function itself, which compiles as needed."
             )
         with _Quietly() if self._wrapper._quiet_donation else contextlib.nullcontext():
-            out = self.compiled(*arrays)
+            try:
+                out = self.compiled(*arrays)
+            except Exception as error:  # noqa: BLE001 - re-raised
+                _reraise(error)
         return out if self._finish is None else self._finish(out)
 
 

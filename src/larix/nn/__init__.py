@@ -44,8 +44,11 @@ from ._rnn import GRUCell as GRUCell
 from ._rnn import LSTMCell as LSTMCell
 from ._sequential import Lambda as Lambda
 from ._sequential import Sequential as Sequential
+from ._shared import Shared as Shared
+from ._spectral_norm import SpectralNorm as SpectralNorm
 from ._stateful import State as State
 from ._stateful import StatefulLayer as StatefulLayer
 from ._stateful import StateIndex as StateIndex
 from ._stateful import delete_init_state as delete_init_state
 from ._stateful import make_with_state as make_with_state
+from ._weight_norm import WeightNorm as WeightNorm
