@@ -556,3 +556,90 @@ def test_merge_result_is_split_by_its_own_leaves_when_arrays_become_scalars():
     _, arrays2, rest2 = larix.split(merged, larix.is_array)
     assert arrays2 == {}
     assert rest2 == {"a": 1.0, "b": "text"}
+
+
+# --------------------------------------------------------------------------- large trees
+
+
+class Tagged(larix.Module):
+    value: Any
+    tag: Any = larix.field(static=True, default=None)
+
+
+def _large(tree: Any) -> Any:
+    """`tree` with over a thousand more leaves: large enough for split to remember its
+    structure (and skip JAX's flatten next time)."""
+    return {"pad": tuple(range(1100)), "tree": tree}
+
+
+@settings(max_examples=40)
+@given(pytrees, pytrees, spec_tuples)
+def test_large_trees_of_remembered_structures_split_like_fresh_ones(first, second, specs):
+    larix.clear_caches()
+    larix.split(_large(first), *specs)  # remembers the structure of `first`
+    tree = _large(second)
+    skeleton, *dicts = larix.split(tree, *specs)
+    assert skeleton.treedef == jtu.tree_structure(tree)
+    assert list(skeleton.keys) == reference_keys(tree)
+    assert same(larix.merge(skeleton, *dicts), tree)
+    larix.clear_caches()
+    fresh = larix.split(tree, *specs)
+    assert fresh[0] == skeleton
+    for a, b in zip(fresh[1:], dicts):
+        assert a.keys() == b.keys() and all(a[k] is b[k] for k in a)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({1: 0.5}, {1.0: 0.5}),  # dict keys that compare equal but differ in type
+        ({True: 0.5}, {1: 0.5}),
+        (Tagged(0.5, tag=1), Tagged(0.5, tag=1.0)),  # static fields likewise
+        (Tagged(0.5, tag="a"), Tagged(0.5, tag="b")),
+        ((0.5, None), (None, 0.5)),
+        (Point(0.5, 1), (0.5, 1)),  # a namedtuple and a tuple with the same leaves
+    ],
+)
+def test_large_trees_that_differ_only_in_structure_are_told_apart(a, b):
+    for tree in (_large(a), _large(b), _large(a)):
+        skeleton, rest = larix.split(tree)
+        rebuilt = larix.merge(skeleton, rest)
+        assert skeleton.treedef == jtu.tree_structure(tree)
+        assert same(rebuilt, tree)
+        assert [type(k) for k in jtu.tree_leaves(jtu.tree_map(lambda _: 0, rebuilt))] == [int] * len(rest)
+        if isinstance(tree["tree"], dict):
+            assert [type(k) for k in rebuilt["tree"]] == [type(k) for k in tree["tree"]]
+        if isinstance(tree["tree"], Tagged):
+            assert type(rebuilt["tree"].tag) is type(tree["tree"].tag)
+
+
+@jtu.register_pytree_node_class
+class Scaled:
+    """A custom pytree node whose aux data is a number: never remembered by structure."""
+
+    def __init__(self, value: Any, scale: float):
+        self.value, self.scale = value, scale
+
+    def tree_flatten(self):
+        return (self.value,), self.scale
+
+    @classmethod
+    def tree_unflatten(cls, scale, children):
+        return cls(children[0], scale)
+
+
+def test_large_trees_with_custom_nodes_keep_their_aux_data():
+    for scale in (1, 1.0, 2):
+        tree = _large(Scaled(0.5, scale))
+        skeleton, rest = larix.split(tree)
+        rebuilt = larix.merge(skeleton, rest)
+        assert type(rebuilt["tree"].scale) is type(scale) and rebuilt["tree"].scale == scale
+
+
+def test_clear_caches_forgets_remembered_structures():
+    from larix import _flat
+
+    larix.split(_large(0.5))
+    assert _flat._TREEDEFS
+    larix.clear_caches()
+    assert not _flat._TREEDEFS

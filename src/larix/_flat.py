@@ -11,6 +11,7 @@ dict entries by `str(key)`. So `model.layers[0].weight` is `"layers.0.weight"`, 
 from __future__ import annotations
 
 import itertools
+import operator
 import types
 from collections.abc import Callable
 from typing import Any
@@ -65,69 +66,133 @@ class _Collision(Exception):  # noqa: N818 - internal signal, never escapes spli
     """Raised by the key walk when two keys might coincide, to take the careful path."""
 
 
-def _walk_keys(node: Any, key: str, out: list[str], is_leaf: Any) -> bool:
-    """Append the key of every leaf below `node` to `out`, in flattening order, and return
-    whether every container below `node` is immutable (see `_memoisable`).
+class _Walk:
+    """What one walk over a tree collects: the key and the leaf of every leaf, in
+    flattening order, and a signature of the structure (see `_structure`)."""
 
-    Equivalent to joining the entries of `tree_flatten_with_path`, but 5x faster at 100k
-    leaves (benchmarks: split, N = 100k): prefixes are built once per node, not per leaf,
-    and the common node types are handled without creating key-path objects.
+    __slots__ = ("is_leaf", "keys", "leaves", "signature")
+
+    def __init__(self, is_leaf: Any):
+        self.is_leaf = is_leaf
+        self.keys: list[str] = []
+        self.leaves: list[Any] = []
+        # One token per node, in pre-order; None once a node is met whose structure the
+        # tokens cannot describe exactly (a custom pytree node), so that it is not cached.
+        self.signature: list[Any] | None = [] if is_leaf is None else None
+
+
+_LEAF_TOKEN = "leaf"
+
+
+def _walk(node: Any, key: str, walk: _Walk) -> bool:
+    """Record every leaf below `node` in `walk`, and return whether every container below
+    `node` is immutable (see `_memoisable`).
+
+    The keys are those of joining the entries of `tree_flatten_with_path`, 5x faster at
+    100k leaves (benchmarks: split, N = 100k): prefixes are built once per node, not per
+    leaf, and the common node types are handled without creating key-path objects.
     """
-    if is_leaf is not None and is_leaf(node):
-        out.append(key)
-        return True
+    is_leaf, signature = walk.is_leaf, walk.signature
     t = type(node)
-    if t in _LEAF_TYPES:
-        out.append(key)
+    if t in _LEAF_TYPES or (is_leaf is not None and is_leaf(node)):
+        walk.keys.append(key)
+        walk.leaves.append(node)
+        if signature is not None:
+            signature.append(_LEAF_TOKEN)
         return True
     prefix = key + "." if key else ""
     if t is tuple or t is list:
         if is_leaf is None and set(map(type, node)) <= _LEAF_TYPES:  # C-level loops
-            out.extend(_prefixed(prefix, len(node)))
+            walk.keys.extend(_prefixed(prefix, len(node)))
+            walk.leaves.extend(node)
+            if signature is not None:
+                signature.append((t, len(node), _LEAF_TOKEN))
             return t is tuple
-        immutable = [_walk_keys(child, prefix + i, out, is_leaf) for i, child in zip(_index_strings(len(node)), node)]
+        if signature is not None:
+            signature.append((t, len(node)))
+        immutable = [_walk(child, prefix + i, walk) for i, child in zip(_index_strings(len(node)), node)]
         return t is tuple and all(immutable)
     if t is dict:
         names = {k: str(k) for k in node}
         if len(set(names.values())) < len(names) or any("." in k or not k for k in names.values()):
             raise _Collision
-        for k in sorted(node):
-            _walk_keys(node[k], prefix + names[k], out, is_leaf)
+        ordered = sorted(node)
+        if signature is not None:  # key types too: {1: x} and {1.0: x} compare equal
+            signature.append((dict, tuple(ordered), tuple(map(type, ordered))))
+        for k in ordered:
+            _walk(node[k], prefix + names[k], walk)
         return False
     if node is None:
+        if signature is not None:
+            signature.append(None)
         return True
     if isinstance(node, Module):
+        if signature is not None:  # the aux data: static field values and their types
+            signature.append((t, node._larix_flat[1]))  # type: ignore[attr-defined]
         d = node.__dict__
-        return all([_walk_keys(d[name], prefix + name, out, is_leaf) for name in _dynamic_field_names(t)])
+        return all([_walk(d[name], prefix + name, walk) for name in _dynamic_field_names(t)])
     try:
-        children, _ = flatten_one_level_with_keys(node)
-    except ValueError:
-        out.append(key)  # not a registered node: a leaf
+        children, metadata = flatten_one_level_with_keys(node)
+    except ValueError:  # not a registered node: a leaf
+        walk.keys.append(key)
+        walk.leaves.append(node)
+        if signature is not None:
+            signature.append(_LEAF_TOKEN)
         return True
     names = [entry_name(entry) for entry, _ in children]
     if len(set(names)) < len(names) or any("." in name or not name for name in names):
         raise _Collision
+    namedtuple = isinstance(node, tuple) and metadata is t
+    if signature is not None:
+        if namedtuple:
+            signature.append((t, len(children)))
+        else:
+            walk.signature = None  # aux data we cannot compare exactly (1 == 1.0)
     for name, (_, child) in zip(names, children):
-        _walk_keys(child, prefix + name, out, is_leaf)
+        _walk(child, prefix + name, walk)
     # A namedtuple is immutable; any other registered container may not be.
-    return isinstance(node, tuple) and _memoisable(node)
+    return namedtuple and _memoisable(node)
 
 
-def _keys(tree: Any, is_leaf: Any, num_leaves: int) -> tuple[list[str], bool]:
-    """The key of every leaf, in flattening order (raising if two leaves share one), and
-    whether every container in `tree` is immutable."""
-    keys: list[str] = []
+# Treedefs of large trees by the signature of their structure, so that splitting another
+# tree of the same structure (a fresh model, a checkpoint's `like`) skips JAX's flatten,
+# which costs as much as the rest of `split` (benchmarks: split, N = 100k). Bounded; holds
+# the static field values of the trees, like any treedef (`larix.clear_caches` empties it).
+_TREEDEFS: dict[tuple[Any, ...], Any] = {}
+_TREEDEFS_MAX = 16
+_TREEDEF_MIN_LEAVES = 1024
+
+
+def _structure(tree: Any, is_leaf: Any) -> tuple[list[Any], Any, list[str], bool]:
+    """`tree`'s leaves, treedef, the key of every leaf (raising if two leaves share one),
+    and whether every container in it is immutable."""
+    walk = _Walk(is_leaf)
     try:
-        immutable = _walk_keys(tree, "", keys, is_leaf)
-        if len(keys) == num_leaves:
-            return keys, immutable  # fast path: no duplicates without _Collision
+        immutable = _walk(tree, "", walk)
     except (_Collision, TypeError):  # TypeError: e.g. unsortable dict keys; JAX reports it
-        pass
+        walk.signature = None
+        immutable = None
+    signature = None
+    if walk.signature is not None and len(walk.leaves) >= _TREEDEF_MIN_LEAVES:
+        try:
+            signature = tuple(walk.signature)
+            treedef = _TREEDEFS.get(signature)
+        except TypeError:  # an unhashable static field value
+            signature = treedef = None
+        if treedef is not None:
+            return walk.leaves, treedef, walk.keys, bool(immutable)
+    leaves, treedef = jtu.tree_flatten(tree, is_leaf)
+    if immutable is not None and len(walk.keys) == len(leaves):
+        if signature is not None and all(map(operator.is_, leaves, walk.leaves)):
+            if len(_TREEDEFS) >= _TREEDEFS_MAX:
+                _TREEDEFS.clear()
+            _TREEDEFS[signature] = treedef
+        return leaves, treedef, walk.keys, immutable  # no duplicates without _Collision
     # The careful path: JAX's own key paths, which are always right, and a duplicate check.
     paths = [p for p, _ in jtu.tree_flatten_with_path(tree, is_leaf)[0]]
     keys = [".".join(entry_name(e) for e in p) for p in paths]
     _check_unique(keys, paths)
-    return keys, _memoisable(tree)
+    return leaves, treedef, keys, _memoisable(tree)
 
 
 def _check_unique(keys: list[str], paths: list[Any]) -> None:
@@ -248,8 +313,7 @@ def split(tree: Any, *filter_specs: Any, is_leaf: Callable[[Any], bool] | None =
         if memo is not None and memo[0] == memo_key:
             _, skeleton, leaves = memo
             return (skeleton, *_dicts(skeleton.keys, leaves, skeleton.owners, skeleton.num_parts))
-    leaves, treedef = jtu.tree_flatten(tree, is_leaf)
-    keys, immutable = _keys(tree, is_leaf, len(leaves))
+    leaves, treedef, keys, immutable = _structure(tree, is_leaf)
     owners = leaf_owners(tree, leaves, filter_specs, is_leaf)
     skeleton = Skeleton(treedef, tuple(keys), tuple(owners), len(filter_specs) + 1)
     if memo_key is not None and immutable:
@@ -359,7 +423,7 @@ def _quote(keys: list[str]) -> str:
 
 
 def _dynamic_field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in cls._larix_fields if not f.metadata.get("static", False))  # type: ignore[attr-defined]
+    return cls._larix_dynamic_fields  # type: ignore[attr-defined]
 
 
 def _memoisable(node: Any) -> bool:

@@ -23,6 +23,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
+from . import _flat
 from ._errors import from_compiled
 from ._filters import is_array
 from ._flat import _LEAF_TYPES, _dynamic_field_names
@@ -465,7 +466,8 @@ _WRAPPERS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def clear_caches() -> None:
-    """Forget every compiled function of every `filter_jit` function, and JAX's caches.
+    """Forget every compiled function of every `filter_jit` function, larix's other caches
+    (the structures that `larix.split` remembers), and JAX's caches.
 
     The next call of each `filter_jit` function traces and compiles again. Useful to free
     memory in long-running processes that compiled many shapes. (`filter_jit`'s caches
@@ -476,6 +478,8 @@ def clear_caches() -> None:
             wrapper._cache.clear()
             wrapper._single.clear()
             wrapper._info.clear()
+    _flat._TREEDEFS.clear()
+    _flat._PREFIXED.clear()
     jax.clear_caches()
 
 

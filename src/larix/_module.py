@@ -231,6 +231,7 @@ class _ModuleMeta(abc.ABCMeta):
             # frozen dataclass's), but `larix.Module()` is still an empty, frozen pytree.
             cls._larix_custom_init = cls._larix_fill_fields = False
             cls._larix_fields = cls._larix_converters = cls._larix_static_fields = ()
+            cls._larix_dynamic_fields = ()
             cls._larix_check_inits = ()
             flatten, flatten_with_keys, unflatten = _make_flatten(cls, (), ())
             jtu.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten_func=flatten)
@@ -256,6 +257,7 @@ class _ModuleMeta(abc.ABCMeta):
         dynamic = tuple(f.name for f in fields if not f.metadata.get("static", False))
         static = tuple(f.name for f in fields if f.metadata.get("static", False))
         cls._larix_static_fields = static
+        cls._larix_dynamic_fields = dynamic
         cls._larix_check_inits = tuple(
             k.__dict__["__check_init__"] for k in cls.__mro__ if "__check_init__" in k.__dict__
         )
