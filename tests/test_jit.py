@@ -953,3 +953,62 @@ def test_single_argument_calls_switch_between_compilations():
     larix.clear_caches()
     np.testing.assert_allclose(f(a), 2.0)
     assert len(calls) == 3
+
+
+def test_modules_inside_returned_tuples_are_born_with_their_split():
+    import collections
+
+    State = collections.namedtuple("State", ["count", "model", "extra"])
+    f, calls = counted(lambda s, x: (State(s[0] + 1, Linear(s[1].weight + x, s[1].bias), None), x))
+    state = (State(jnp.zeros((), jnp.int32), make_linear(), None), ())
+    x = jnp.ones(())
+    for _ in range(3):
+        inner, _ = f(state[0], x)
+        state = (inner, ())
+    assert len(calls) == 1
+    assert "__larix_jit__" in state[0].model.__dict__  # its split came with it
+    np.testing.assert_allclose(state[0].model.weight, make_linear().weight + 3)
+    assert int(state[0].count) == 3
+    # Another Module of the same structure in the tuple: the same compilation.
+    f(State(jnp.zeros((), jnp.int32), make_linear(seed=3), None), x)
+    assert len(calls) == 1
+    # Another static value inside the Module, or another kind of tuple: compiles again.
+    f(State(jnp.zeros((), jnp.int32), Linear(make_linear().weight, make_linear().bias, activation="relu"), None), x)
+    f((jnp.zeros((), jnp.int32), make_linear(), None), x)
+    f(State(jnp.zeros((), jnp.int32), make_linear(), 1), x)
+    f(State(jnp.zeros((), jnp.int32), make_linear(), [jnp.ones(1)]), x)
+    assert len(calls) == 5
+    f(State(jnp.zeros((), jnp.int32), make_linear(), 1), x)
+    f(State(jnp.zeros((), jnp.int32), make_linear(), [jnp.ones(1)]), x)
+    assert len(calls) == 5
+
+
+def test_adam_training_loop_traces_once_and_matches_equinox_style_updates():
+    import optax
+
+    model = make_linear()
+    optim = optax.adam(1e-2)
+    x = jnp.ones(4)
+
+    def loss(m):
+        return jnp.sum(m(x) ** 2)
+
+    @larix.filter_jit
+    def step(model, opt_state):
+        grads = larix.filter_grad(loss)(model)
+        updates, opt_state = optim.update(grads, opt_state, model)
+        return larix.apply_updates(model, updates), opt_state
+
+    @jax.jit
+    def reference(params, opt_state):
+        grads = jax.grad(lambda p: loss(larix.combine(p, static)))(params)
+        updates, opt_state = optim.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    params, static = larix.partition(model, larix.is_array)
+    state, ref_state = optim.init(larix.filter(model, larix.is_array)), optim.init(params)
+    for _ in range(5):
+        model, state = step(model, state)
+        params, ref_state = reference(params, ref_state)
+    assert get_num_traces(step) == 1
+    assert_tree_equal(larix.filter(model, larix.is_array), params)

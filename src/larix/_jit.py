@@ -315,6 +315,14 @@ def _split_arg(x: Any, where: str, info: dict[Any, Any] | None = None) -> tuple[
         if static.memoisable:
             x.__dict__[_JIT_MEMO] = (static, arrays)
         return static, arrays
+    if info is not None and _is_tuple_node(x):
+        arrays: list[Any] = []
+        key = _tuple_key(x, arrays)
+        if key is not None:
+            static = info.get(key)
+            if static is None:
+                static = info[key] = _intern(_make_static(x, where, memoise=False, info=info)[0])
+            return static, tuple(arrays)
     flat = jtu.tree_flatten(x)
     if info is not None and set(map(type, flat[0])) <= _CONCRETE_SET:
         # Only concrete arrays (an optimiser state): the static part is a function of the
@@ -328,14 +336,72 @@ def _split_arg(x: Any, where: str, info: dict[Any, Any] | None = None) -> tuple[
     return _intern(static), arrays
 
 
+def _is_tuple_node(x: Any) -> bool:
+    """A tuple or namedtuple: a container that cannot change, flattened item by item."""
+    t = type(x)
+    return t is tuple or (isinstance(x, tuple) and isinstance(getattr(t, "_fields", None), tuple))
+
+
+def _tuple_key(x: tuple[Any, ...], arrays: list[Any]) -> Any:
+    """A key that determines the static part of `x`, a tuple (or namedtuple) of arrays,
+    None, Modules that remember their split and more such tuples; None for anything else.
+    Appends the arrays of `x` to `arrays`, in flattening order.
+
+    An optimiser state is such a tuple (`(ScaleByAdamState(count, mu, nu), EmptyState())`,
+    with mu and nu Modules that a jitted call returned, see `_nested_modules`): its key
+    costs a few item checks instead of a flatten (benchmarks: adam).
+    """
+    key: list[Any] = [type(x)]
+    for child in x:
+        t = type(child)
+        if t in _CONCRETE_SET:
+            key.append(_ARRAY_ID)
+            arrays.append(child)
+        elif t in MODULE_TYPES:
+            memo = child.__dict__.get(_JIT_MEMO)
+            if memo is None:
+                return None
+            key.append(memo[0])  # the static itself: the key keeps it, and its id, alive
+            arrays.extend(memo[1])
+        elif child is None:
+            key.append(None)
+        elif _is_tuple_node(child):
+            sub = _tuple_key(child, arrays)
+            if sub is None:
+                return None
+            key.append(sub)
+        else:
+            return None
+    return tuple(key)
+
+
+def _nested_modules(x: Any, path: tuple[int, ...], start: int, found: list[Any]) -> int:
+    """Find the memoisable Modules inside the tuples (and namedtuples) of `x`, an output
+    being traced: append `(index path, static, first array, end)` for each to `found`.
+    Returns the number of arrays in `x`."""
+    if isinstance(x, Module):
+        static, arrays = _make_static(x, "output", memoise=True, hashable=False)
+        if static.memoisable:
+            found.append((path, _intern(static), start, start + len(arrays)))
+        return len(arrays)
+    if not _is_tuple_node(x):
+        return sum(map(is_array, jtu.tree_leaves(x)))
+    count = 0
+    for i, child in enumerate(x):
+        count += _nested_modules(child, (*path, i), start + count, found)
+    return count
+
+
 class _OutStatic:
     """How to rebuild a call's output: one _Static per top-level element."""
 
-    __slots__ = ("bare", "container", "parts")
+    __slots__ = ("bare", "container", "nested", "parts")
 
-    def __init__(self, container: type | None, parts: tuple[_Static, ...]):
+    def __init__(self, container: type | None, parts: tuple[_Static, ...], nested: tuple[Any, ...] = ()):
         self.container = container
         self.parts = parts
+        # Per part: the Modules inside its tuples, to give them their split (_nested_modules).
+        self.nested = nested or ((),) * len(parts)
         self.bare = container is None and parts[0].bare  # the output is a single array
 
     def rebuild(self, arrays: tuple[Any, ...]) -> Any:
@@ -343,13 +409,18 @@ class _OutStatic:
             return arrays[0]
         out = []
         start = 0
-        for static in self.parts:
+        for static, nested in zip(self.parts, self.nested):
             chunk = arrays[start : start + static.num_arrays]
             start += static.num_arrays
             value = static.rebuild(chunk)
             if static.memoisable:
                 # Born with its split: feeding it back into a jitted call costs O(arrays).
                 value.__dict__[_JIT_MEMO] = (static, chunk)
+            for path, module_static, first, end in nested:
+                node = value
+                for i in path:
+                    node = node[i]
+                node.__dict__[_JIT_MEMO] = (module_static, chunk[first:end])
             out.append(value)
         return out[0] if self.container is None else self.container(out)
 
@@ -363,14 +434,18 @@ class _OutStatic:
 def _split_output(out: Any) -> tuple[_OutStatic, list[Any]]:
     container = type(out) if type(out) in (tuple, list) else None
     elements = out if container is not None else (out,)
-    parts, arrays = [], []
+    parts, arrays, nested = [], [], []
     for i, element in enumerate(elements):
         static, element_arrays = _make_static(
             element, f"output[{i}]", memoise=isinstance(element, Module), hashable=False
         )
         parts.append(_intern(static))
         arrays.extend(element_arrays)
-    return _OutStatic(container, tuple(parts)), arrays
+        found: list[Any] = []
+        if _is_tuple_node(element):
+            _nested_modules(element, (), 0, found)
+        nested.append(tuple(found))
+    return _OutStatic(container, tuple(parts), tuple(nested)), arrays
 
 
 class _Boxed:
