@@ -619,6 +619,7 @@ class _JitWrapper:
         """
         cache_get = self._cache.get
         single_get = self._single.get
+        info_get = self._info.get
         general = self._call
         concrete, modules, memo_name, array_id = _CONCRETE_ARRAY_TYPES, MODULE_TYPES, _JIT_MEMO, _ARRAY_ID
 
@@ -650,6 +651,12 @@ class _JitWrapper:
                     elif t in modules and (memo := a.__dict__.get(memo_name)) is not None:
                         key.append(id(memo[0]))
                         arrays += memo[1]
+                    elif (
+                        _is_tuple_node(a)  # an optimiser state, say: see _tuple_key
+                        and (items := _tuple_key(a, arrays)) is not None
+                        and (static := info_get(items)) is not None
+                    ):
+                        key.append(id(static))
                     else:
                         return general(args, kwargs)
                 entry = cache_get(tuple(key))
