@@ -382,11 +382,11 @@ class Module(metaclass=_ModuleMeta):
         ...
         ...     def __call__(self, x):
         ...         return self.weight * x + self.bias
-        >>> f = Affine(jnp.array(2.0), jnp.array(1.0))
+        >>> f = Affine(jnp.array(2.0, jnp.float32), jnp.array(1.0, jnp.float32), name="double")
         >>> f(3.0)
-        Array(7., dtype=float32, weak_type=True)
+        Array(7., dtype=float32)
         >>> f
-        Affine(weight=f32[], bias=f32[], name='affine')
+        Affine(weight=f32[], bias=f32[], name='double')
 
         ```
     """

@@ -13,8 +13,7 @@ import numpy as np
 __all__ = ["tree_pformat", "tree_pprint"]
 
 # A document is either a string (atomic text) or a group: (open, [items], close), where
-# each item is (prefix, document). A group prints on one line if that fits, else one item
-# per line, indented.
+# each item is (prefix, document). See _render for how a group is laid out.
 _Doc = Any
 
 
@@ -32,6 +31,8 @@ def _array_text(x: Any, short: bool) -> str:
     if not short:
         return repr(x)
     text = f"{_dtype_name(x.dtype)}[{','.join(map(str, x.shape))}]"
+    if getattr(x, "weak_type", False):  # a Python scalar turned array: Equinox's `weak_f32[]`
+        text = "weak_" + text
     if isinstance(x, (np.ndarray, np.generic)):
         text += "(numpy)"
     return text
@@ -77,8 +78,13 @@ def _node_to_doc(
         return (f"{type(x.__self__).__name__}.{_function_name(x.__func__).split('.')[-1]}(self=", [("", recurse(x.__self__))], ")")
     if isinstance(x, Module) or (dataclasses.is_dataclass(x) and not isinstance(x, type)):
         fields = type(x)._larix_fields if isinstance(x, Module) else dataclasses.fields(x)
-        items = [(f"{f.name}=", recurse(getattr(x, f.name))) for f in fields if f.repr and f.name in x.__dict__]
-        return (f"{type(x).__name__}(", items, ")")
+        # As Equinox: a field still holding its default object is left out.
+        items = [
+            (f"{f.name}=", recurse(getattr(x, f.name)))
+            for f in fields
+            if f.repr and f.name in x.__dict__ and x.__dict__[f.name] is not f.default
+        ]
+        return (f"{type(x).__qualname__}(", items, ")")  # Equinox's name: `Outer.Inner(`
     if isinstance(x, tuple) and hasattr(x, "_fields"):
         return (f"{type(x).__name__}(", [(f"{k}=", recurse(v)) for k, v in zip(x._fields, x)], ")")
     if isinstance(x, list):
@@ -87,7 +93,7 @@ def _node_to_doc(
         items = [("", recurse(v)) for v in x]
         return ("(", items, ",)") if len(x) == 1 else ("(", items, ")")
     if isinstance(x, dict):
-        return ("{", [(f"{k!r}: ", recurse(v)) for k, v in x.items()], "}")
+        return ("{", [(_DictKey(f"{k!r}: "), recurse(v)) for k, v in x.items()], "}")
     if isinstance(x, functools.partial):
         items = [("", recurse(x.func))] + [("", recurse(a)) for a in x.args]
         items += [(f"{k}=", recurse(v)) for k, v in x.keywords.items()]
@@ -99,6 +105,10 @@ def _node_to_doc(
     return repr(x)
 
 
+class _DictKey(str):
+    """The `'key': ` before a dict value: a value that does not fit goes on the next line."""
+
+
 def _flat(doc: _Doc) -> str:
     if isinstance(doc, str):
         return doc
@@ -106,20 +116,32 @@ def _flat(doc: _Doc) -> str:
     return open_ + ", ".join(prefix + _flat(d) for prefix, d in items) + close
 
 
-def _render(doc: _Doc, indent: int, width: int, line_indent: int, column: int, out: list[str], trailing: int = 0) -> None:
-    # `trailing`: characters that will follow on the same line (the comma after an item).
+def _render(doc: _Doc, indent: int, width: int, line_indent: int, column: int, out: list[str]) -> None:
+    # Equinox's layout (Wadler's "prettier printer"): a group that fits on the rest of the
+    # line prints flat; otherwise its items go on the following lines, indented, all on one
+    # line if they fit there, else one item a line.
     flat = _flat(doc)
-    if isinstance(doc, str) or column + len(flat) + trailing <= width or not doc[1]:
+    if isinstance(doc, str) or column + len(flat) <= width or not doc[1]:
         out.append(flat)
         return
     open_, items, close = doc
-    out.append(open_)
     inner = line_indent + indent
-    for prefix, item in items:
-        out.append("\n" + " " * inner + prefix)
-        _render(item, indent, width, inner, inner + len(prefix), out, trailing=1)
-        out.append(",")
-    out.append("\n" + " " * line_indent + close.lstrip(","))
+    out.append(open_ + "\n" + " " * inner)
+    together = ", ".join(prefix + _flat(d) for prefix, d in items)
+    if inner + len(together) <= width:
+        out.append(together)
+    else:
+        for k, (prefix, item) in enumerate(items):
+            if k:
+                out.append(",\n" + " " * inner)
+            if isinstance(prefix, _DictKey) and inner + len(prefix) + len(_flat(item)) > width:
+                out.append(prefix.rstrip() + "\n" + " " * inner)
+                _render(item, indent, width, inner, inner, out)
+                continue
+            out.append(prefix)
+            _render(item, indent, width, inner, inner + len(prefix), out)
+    # A one-element tuple keeps its comma: `(\n  x,\n)`.
+    out.append(close[:-1] + "\n" + " " * line_indent + close[-1])
 
 
 def tree_pformat(
@@ -133,10 +155,15 @@ def tree_pformat(
 ) -> str:
     """Format a pytree as readable text: Modules as `Name(field=...)`, arrays as `f32[3,4]`.
 
+    The output is Equinox's `tree_pformat`'s: the same layout, and a Module's fields that
+    still hold their default object are left out.
+
     **Arguments:**
 
     - `pytree`: what to format.
-    - `width`: the line width to fit; containers that do not fit are split one item a line.
+    - `width`: the line width to fit. As in Equinox, a container that does not fit puts
+      its items on the next lines: all on one line if they fit there, else one a line; a
+      dict value that does not fit after its key goes on the next line.
     - `indent`: spaces per nesting level.
     - `short_arrays`: print arrays as `dtype[shape]` (NumPy ones with a `(numpy)` tag)
       rather than their values.

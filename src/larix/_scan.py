@@ -52,7 +52,7 @@ class Stacked(Module):
         ...         return x + getattr(jnp, self.activation)(self.weight @ x)
         >>> blocks = larix.stack(Block, jax.random.split(jax.random.key(0), 4))
         >>> blocks
-        Stacked(block=Block(weight=f32[4,3,3], activation='tanh'))
+        Stacked(block=Block(weight=f32[4,3,3]))
         >>> len(blocks), blocks[0].weight.shape
         (4, (3, 3))
         >>> x = jnp.ones(3)

@@ -33,11 +33,7 @@ class Linear(Module):
         >>> linear = larix.nn.Linear(3, 2, key=jax.random.key(0))
         >>> linear
         Linear(
-          weight=f32[2,3],
-          bias=f32[2],
-          in_features=3,
-          out_features=2,
-          use_bias=True,
+          weight=f32[2,3], bias=f32[2], in_features=3, out_features=2, use_bias=True
         )
         >>> linear(jnp.ones(3)).shape
         (2,)
