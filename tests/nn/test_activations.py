@@ -25,7 +25,7 @@ def test_prelu_transforms_pickle_repr():
     check_transforms(prelu, jnp.array([-2.0, 1.0, -0.5]))
     grads = larix.filter_grad(lambda m, x: jnp.sum(m(x)))(prelu, jnp.array([-2.0, 1.0, -0.5]))
     assert close(grads.negative_slope, -2.5)
-    assert repr(pickle_roundtrip(prelu)) == "PReLU(negative_slope=f32[])"
+    assert repr(pickle_roundtrip(prelu)) == "PReLU(negative_slope=weak_f32[])"
 
 
 def test_matches_equinox():
@@ -34,3 +34,15 @@ def test_matches_equinox():
     ours = copy_arrays(theirs, larix.nn.PReLU(jnp.zeros(2)))
     x = jnp.array([[-1.0, 2.0], [3.0, -4.0]])
     assert close(ours(x), theirs(x))
+
+
+def test_prelu_slope_from_a_float_keeps_the_input_dtype():
+    # As in Equinox, a Python slope is weakly typed: it does not promote a bf16 input.
+    for prelu in (larix.nn.PReLU(), larix.nn.PReLU(1)):
+        assert prelu.negative_slope.weak_type
+        assert prelu.negative_slope.dtype == jnp.float32
+        assert prelu(jnp.array([-1.0, 2.0], jnp.bfloat16)).dtype == jnp.bfloat16
+    assert close(larix.nn.PReLU(1)(jnp.array([-3.0])), jnp.array([-3.0]))
+    eqx = equinox()
+    x = jnp.array([-1.0, 2.0], jnp.bfloat16)
+    assert larix.nn.PReLU(0.3)(x).dtype == eqx.nn.PReLU(0.3)(x).dtype

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import jax.numpy as jnp
 
 from .._module import Module
-from ._misc import default_floating_dtype
 
 if TYPE_CHECKING:
     from jaxtyping import Array, ArrayLike, PRNGKeyArray
@@ -40,10 +39,8 @@ class PReLU(Module):
         - `init_alpha`: the initial slope: a float, or an array of slopes broadcastable
           to the input.
         """
-        if isinstance(init_alpha, (int, float)):
-            self.negative_slope = jnp.asarray(init_alpha, default_floating_dtype())
-        else:
-            self.negative_slope = jnp.asarray(init_alpha)
+        # A Python float stays weakly typed, as in Equinox: a bf16 input then stays bf16.
+        self.negative_slope = jnp.asarray(float(init_alpha) if isinstance(init_alpha, int) else init_alpha)
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
         """**Arguments:** `x`, an array of any shape; `key`, ignored.
