@@ -20,7 +20,9 @@ import jax, jax.numpy
 after_jax = time.perf_counter()
 import larix
 end = time.perf_counter()
+from jax._src import xla_bridge
 print(json.dumps({
+    "backends_started": bool(xla_bridge._backends),
     "modules": sorted(sys.modules),
     "jax_s": after_jax - start,
     "larix_s": end - after_jax,
@@ -53,3 +55,9 @@ def test_import_larix_does_not_import_optional_packages(fresh_import, name):
 def test_import_time_is_reasonable(fresh_import):
     # On top of JAX itself, larix should cost a fraction of a second (measured: ~0.02 s).
     assert fresh_import["larix_s"] < 2.0, fresh_import["larix_s"]
+
+
+def test_import_does_not_start_jax_backends(fresh_import):
+    # Starting them (by creating an array) at import would make a later
+    # `jax.distributed.initialize()` or a change of platform fail.
+    assert fresh_import["backends_started"] is False

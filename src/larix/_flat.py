@@ -16,7 +16,6 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
@@ -31,7 +30,13 @@ __all__ = ["Skeleton", "merge", "split"]
 _SPLIT_MEMO = "__larix_split__"
 
 # Types that are certainly leaves: the key walk handles them inline without asking JAX.
-_LEAF_TYPES = {int, float, complex, bool, str, bytes, np.ndarray, type(jnp.zeros(0)), types.FunctionType}
+try:  # the type of concrete JAX arrays, named without creating one: creating an array at
+    # import would start JAX's backends, after which `jax.distributed.initialize` fails
+    from jax._src.array import ArrayImpl
+except ImportError:  # pragma: no cover - a JAX that moved it: arrays then take the slow paths
+    ArrayImpl = np.ndarray
+
+_LEAF_TYPES = {int, float, complex, bool, str, bytes, np.ndarray, ArrayImpl, types.FunctionType}
 
 
 _INDEX_STRINGS: list[str] = []

@@ -26,7 +26,7 @@ import numpy as np
 from . import _flat
 from ._errors import from_compiled
 from ._filters import is_array
-from ._flat import _LEAF_TYPES, _dynamic_field_names
+from ._flat import _LEAF_TYPES, ArrayImpl, _dynamic_field_names
 from ._module import MODULE_TYPES, Module
 from ._paths import flatten_one_level_with_keys, python_path
 from ._recompile import TraceLog, explain, record_trace
@@ -35,7 +35,7 @@ __all__ = ["clear_caches", "filter_jit"]
 
 # Memo on a Module instance: (its _Static, its arrays). See _split_arg.
 _JIT_MEMO = "__larix_jit__"
-_CONCRETE_ARRAY_TYPES = (type(jax.numpy.zeros(0)), np.ndarray)
+_CONCRETE_ARRAY_TYPES = (ArrayImpl, np.ndarray)
 _CONCRETE_SET = frozenset(_CONCRETE_ARRAY_TYPES)
 _ALL_ARRAYS = object()  # tags the `info` entries that map a treedef to its static part
 
