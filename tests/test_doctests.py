@@ -33,12 +33,9 @@ def _run(tests: list[doctest.DocTest]) -> tuple[int, int, str]:
 
 @pytest.mark.parametrize("name", _module_names())
 def test_docstring_examples(name):
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name and not error.name.startswith("larix"):
-            pytest.skip(f"{name} needs the optional package {error.name}")
-        raise
+    # Every module imports without the optional packages (tests/test_import.py), so none is
+    # skipped: examples that need one import it themselves.
+    module = importlib.import_module(name)
     tests = doctest.DocTestFinder(exclude_empty=True).find(module, name)
     failed, _, report = _run(tests)
     assert failed == 0, f"{failed} docstring example(s) failed in {name}:\n{report}"

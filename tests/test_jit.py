@@ -1012,3 +1012,15 @@ def test_adam_training_loop_traces_once_and_matches_equinox_style_updates():
         params, ref_state = reference(params, ref_state)
     assert get_num_traces(step) == 1
     assert_tree_equal(larix.filter(model, larix.is_array), params)
+
+
+def test_remembered_structures_stay_bounded(monkeypatch):
+    monkeypatch.setattr(larix._jit, "_INFO_MAX", 16)
+    f = larix.filter_jit(lambda s, x: x)
+    x = jnp.ones(())
+    remember = larix.filter_jit(lambda m: None)  # gives each Module its remembered split
+    for n in range(40):  # one treedef, but a new static value inside the tuple every call
+        model = Tagged(n)
+        remember(model)
+        f((model,), x)
+    assert len(f._larix_jit._info) <= larix._jit._INFO_MAX + 1

@@ -38,6 +38,7 @@ _JIT_MEMO = "__larix_jit__"
 _CONCRETE_ARRAY_TYPES = (ArrayImpl, np.ndarray)
 _CONCRETE_SET = frozenset(_CONCRETE_ARRAY_TYPES)
 _ALL_ARRAYS = object()  # tags the `info` entries that map a treedef to its static part
+_INFO_MAX = 512  # entries of a wrapper's `info`: a stream of ever-new structures must not leak
 
 
 class _Static:
@@ -249,7 +250,7 @@ def _make_static(
         immutable = _inspect(x, fields, {})
         found = (tuple(fields), immutable)
         if info is not None:
-            if len(info) > 512:  # bounded: a stream of ever-new structures must not leak
+            if len(info) > _INFO_MAX:
                 info.clear()
             info[treedef] = found
     try:
@@ -319,21 +320,25 @@ def _split_arg(x: Any, where: str, info: dict[Any, Any] | None = None) -> tuple[
         arrays: list[Any] = []
         key = _tuple_key(x, arrays)
         if key is not None:
-            static = info.get(key)
-            if static is None:
-                static = info[key] = _intern(_make_static(x, where, memoise=False, info=info)[0])
-            return static, tuple(arrays)
+            return _remembered(info, key, x, where, None), tuple(arrays)
     flat = jtu.tree_flatten(x)
     if info is not None and set(map(type, flat[0])) <= _CONCRETE_SET:
-        # Only concrete arrays (an optimiser state): the static part is a function of the
-        # treedef alone, so remember it per treedef and skip the rest (benchmarks: adam).
-        static = info.get((_ALL_ARRAYS, flat[1]))
-        if static is None:
-            static = _intern(_make_static(x, where, memoise=False, info=info, flat=flat)[0])
-            info[(_ALL_ARRAYS, flat[1])] = static
-        return static, tuple(flat[0])
+        # Only concrete arrays (a dict of parameters, say): the static part is a function of
+        # the treedef alone, so remember it per treedef and skip the rest.
+        return _remembered(info, (_ALL_ARRAYS, flat[1]), x, where, flat), tuple(flat[0])
     static, arrays = _make_static(x, where, memoise=False, info=info, flat=flat)
     return _intern(static), arrays
+
+
+def _remembered(info: dict[Any, Any], key: Any, x: Any, where: str, flat: Any) -> _Static:
+    """The static part of `x`, remembered in `info` under `key`, which determines it."""
+    static = info.get(key)
+    if static is None:
+        static = _intern(_make_static(x, where, memoise=False, info=info, flat=flat)[0])
+        if len(info) > _INFO_MAX:
+            info.clear()
+        info[key] = static
+    return static
 
 
 def _is_tuple_node(x: Any) -> bool:
