@@ -19,9 +19,11 @@ from typing import Any
 import jax.tree_util as jtu
 import numpy as np
 
-from ._module import Module
+from . import _filters
+from ._exact import exact_keys
+from ._module import EPOCH, Module
 from ._partition import leaf_owners
-from ._paths import entry_name, flatten_one_level_with_keys, python_path
+from ._paths import CUSTOM_NODES, entry_name, flatten_one_level_with_keys, python_path
 
 __all__ = ["Skeleton", "merge", "split"]
 
@@ -121,9 +123,11 @@ def _walk(node: Any, key: str, walk: _Walk) -> bool:
         names = {k: str(k) for k in node}
         if len(set(names.values())) < len(names) or any("." in k or not k for k in names.values()):
             raise _Collision
-        ordered = sorted(node)
-        if signature is not None:  # key types too: {1: x} and {1.0: x} compare equal
-            signature.append((dict, tuple(ordered), tuple(map(type, ordered))))
+        # JAX's order. `sorted` agrees with it only for keys with a total order (str, numbers);
+        # frozensets, say, would pair one key's name with another key's leaf.
+        ordered = sorted(node) if all(type(k) is str for k in node) else jtu.flatten_one_level(node)[1]
+        if signature is not None:  # exact keys: {1: x}, {1.0: x}, {True: x} compare equal
+            signature.append((dict, exact_keys(tuple(ordered))))
         for k in ordered:
             _walk(node[k], prefix + names[k], walk)
         return False
@@ -132,8 +136,9 @@ def _walk(node: Any, key: str, walk: _Walk) -> bool:
             signature.append(None)
         return True
     if isinstance(node, Module):
-        if signature is not None:  # the aux data: static field values and their types
-            signature.append((t, node._larix_flat[1]))  # type: ignore[attr-defined]
+        if signature is not None:  # the aux data, exactly: (1, 2) == (1.0, 2.0), 0.0 == -0.0
+            aux = node._larix_flat[1]  # type: ignore[attr-defined]
+            signature.append((t, exact_keys(aux[0]) if aux else ()))
         d = node.__dict__
         return all([_walk(d[name], prefix + name, walk) for name in _dynamic_field_names(t)])
     try:
@@ -147,7 +152,7 @@ def _walk(node: Any, key: str, walk: _Walk) -> bool:
     names = [entry_name(entry) for entry, _ in children]
     if len(set(names)) < len(names) or any("." in name or not name for name in names):
         raise _Collision
-    namedtuple = isinstance(node, tuple) and metadata is t
+    namedtuple = isinstance(node, tuple) and metadata is t and t not in CUSTOM_NODES
     if signature is not None:
         if namedtuple:
             signature.append((t, len(children)))
@@ -275,12 +280,42 @@ class _Hole:
 
 
 def _specs_key(filter_specs: tuple[Any, ...], is_leaf: Any) -> Any:
-    key = (filter_specs, is_leaf)
-    try:
-        hash(key)
-    except TypeError:
+    """A key for the split memo, or None where a memo could go stale.
+
+    Only specs whose answers cannot change are memoised: bools (by type too, since `1 == True`
+    must not find the memo of `True`), larix's own predicates, `by_type`, `by_path` and their
+    combinations. A user's callable may read mutable state, so it is asked every time.
+    """
+    if is_leaf is not None:
         return None
-    return key
+    key = []
+    for spec in filter_specs:
+        if not _pure_spec(spec):
+            return None
+        key.append((type(spec), spec))
+    return tuple(key)
+
+
+def _pure_spec(spec: Any) -> bool:
+    t = type(spec)
+    if t is bool or t in _PURE_FILTER_TYPES or any(spec is f for f in _PURE_PREDICATES):
+        return True
+    if t is _filters._Predicate:
+        return _pure_spec(spec.fn)
+    if t is _filters._Not:
+        return _pure_spec(spec.inner)
+    if t is _filters._And or t is _filters._Or:
+        return _pure_spec(spec.left) and _pure_spec(spec.right)
+    return False
+
+
+_PURE_FILTER_TYPES = (_filters.by_type, _filters.by_path, _filters._Const)
+_PURE_PREDICATES = (
+    _filters.is_array,
+    _filters.is_array_like,
+    _filters.is_inexact_array,
+    _filters.is_inexact_array_like,
+)
 
 
 def split(tree: Any, *filter_specs: Any, is_leaf: Callable[[Any], bool] | None = None) -> tuple[Any, ...]:
@@ -315,15 +350,15 @@ def split(tree: Any, *filter_specs: Any, is_leaf: Callable[[Any], bool] | None =
     memo_key = _specs_key(filter_specs, is_leaf) if isinstance(tree, Module) else None
     if memo_key is not None:
         memo = tree.__dict__.get(_SPLIT_MEMO)
-        if memo is not None and memo[0] == memo_key:
-            _, skeleton, leaves = memo
+        if memo is not None and memo[0] == memo_key and memo[3] == EPOCH[0]:
+            _, skeleton, leaves, _ = memo
             return (skeleton, *_dicts(skeleton.keys, leaves, skeleton.owners, skeleton.num_parts))
     leaves, treedef, keys, immutable = _structure(tree, is_leaf)
     owners = leaf_owners(tree, leaves, filter_specs, is_leaf)
     skeleton = Skeleton(treedef, tuple(keys), tuple(owners), len(filter_specs) + 1)
     if memo_key is not None and immutable:
         # The leaves list is ours (never handed out), so it can be kept without a copy.
-        tree.__dict__[_SPLIT_MEMO] = (memo_key, skeleton, leaves)
+        tree.__dict__[_SPLIT_MEMO] = (memo_key, skeleton, leaves, EPOCH[0])
     return (skeleton, *_dicts(keys, leaves, owners, len(filter_specs) + 1))
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import itertools
-import os
 import threading
 import typing
 import warnings
@@ -25,10 +25,11 @@ import numpy as np
 
 from . import _flat
 from ._errors import from_compiled
+from ._exact import exact_key, exact_keys
 from ._filters import is_array
 from ._flat import _LEAF_TYPES, ArrayImpl, _dynamic_field_names
-from ._module import MODULE_TYPES, Module
-from ._paths import flatten_one_level_with_keys, python_path
+from ._module import EPOCH, MODULE_TYPES, BoundMethod, Module
+from ._paths import CUSTOM_NODES, flatten_one_level_with_keys, python_path
 from ._recompile import TraceLog, explain, record_trace
 
 __all__ = ["clear_caches", "filter_jit"]
@@ -37,26 +38,31 @@ __all__ = ["clear_caches", "filter_jit"]
 _JIT_MEMO = "__larix_jit__"
 _CONCRETE_ARRAY_TYPES = (ArrayImpl, np.ndarray)
 _CONCRETE_SET = frozenset(_CONCRETE_ARRAY_TYPES)
-_ALL_ARRAYS = object()  # tags the `info` entries that map a treedef to its static part
 _INFO_MAX = 512  # entries of a wrapper's `info`: a stream of ever-new structures must not leak
 
 
 class _Static:
-    """The static part of one argument (or output): structure, static leaves, array slots."""
+    """The static part of one argument (or output): structure, static leaves, array slots.
+
+    Compared (and interned) by its *exact* key (see `_exact`): the treedef, the array slots,
+    and the exact keys of the non-array leaves, of every Module static field and of every
+    other aux datum in the tree (dict keys, custom nodes' aux). A treedef alone compares aux
+    data with `==`, which would let `{1: x}` and `{1.0: x}`, or static fields `0.0` and
+    `-0.0`, share a compilation.
+    """
 
     __slots__ = (
         "__weakref__",
         "_hash",
         "all_arrays",
         "bare",
-        "field_types",
+        "exact",
         "fields",
         "memoisable",
         "num_arrays",
         "positions",
         "template",
         "treedef",
-        "types",
         "values",
     )
 
@@ -67,12 +73,12 @@ class _Static:
         positions: tuple[int, ...],
         memoisable: bool,
         fields: tuple[Any, ...] = (),
+        tokens: tuple[Any, ...] = (),
         hashable: bool = True,
-        whole: dict[int, set[type]] | None = None,
     ):
         # `template` holds the leaves with None in the array slots `positions`; `fields` the
-        # values of every Module static field in the tree, in traversal order; `whole` the
-        # element types of the tuples kept whole, by id (see _inspect).
+        # values of every Module static field in the tree, in traversal order; `tokens` the
+        # exact keys of the other aux data, in traversal order (see _inspect).
         self.treedef = treedef
         self.template = template
         self.positions = positions
@@ -80,22 +86,12 @@ class _Static:
         self.bare = treedef.num_nodes == 1 and len(positions) == 1
         self.memoisable = memoisable
         self.values = tuple(template)
-        # Types too: 1, 1.0 and True are equal and hash alike, but must not share a trace.
-        # The treedef compares static fields with == only, so their types are kept as well.
-        types = tuple(map(type, template))
-        if tuple in types:  # a long tuple of plain values kept whole (see _inspect)
-            whole = whole or {}
-            types = tuple(
-                (t, _element_types(v, whole.get(id(v)))) if t is tuple else t for t, v in zip(types, template)
-            )
-        self.types = types
         self.all_arrays = len(positions) == len(template)
         self.fields = fields
-        self.field_types = tuple(map(type, fields))
-        # The treedef's own hash skips Module static fields: hash them explicitly, which
-        # also rejects an unhashable one (a list) instead of serving stale compilations.
+        self.exact = (exact_keys(self.values), exact_keys(fields), tokens)
+        # Hashing also rejects an unhashable static value (a list) up front.
         try:
-            self._hash: int | None = hash((treedef, positions, self.values, fields))
+            self._hash: int | None = hash((treedef, positions, self.exact))
         except TypeError:
             if hashable:
                 raise
@@ -119,82 +115,103 @@ class _Static:
             return True
         if not isinstance(other, _Static) or self._hash != other._hash:
             return False
-        return (
-            self.positions == other.positions
-            and self.types == other.types
-            and self.field_types == other.field_types
-            and self.values == other.values
-            and self.treedef == other.treedef
-        )
+        return self.positions == other.positions and self.exact == other.exact and self.treedef == other.treedef
 
 
 # Interned static parts: hash -> weak references. Not a WeakValueDictionary, whose keys
 # (here the statics themselves) would be held strongly and never freed.
 _INTERNED: dict[int, list[weakref.ref[_Static]]] = {}
 _INTERN_LOCK = threading.Lock()
-
-
-def _forget(h: int, ref: weakref.ref[_Static]) -> None:
-    with _INTERN_LOCK:
-        refs = _INTERNED.get(h)
-        if refs is not None:
-            refs[:] = [r for r in refs if r is not ref]
-            if not refs:
-                del _INTERNED[h]
+# Hashes of buckets that hold a dead reference. The weakref callback only appends here
+# (atomic under the GIL) and never takes the lock: it can run inside `_intern` itself, when
+# a garbage collection happens while the lock is held, and a lock taken there would
+# deadlock every thread.
+_DEAD: list[int] = []
 
 
 def _intern(static: _Static) -> _Static:
-    # One object per distinct static part, so that the static part of a model that a
-    # jitted call returned *is* the one of the model that went in: the cache key is then
-    # the ids of the static parts, a tuple of ints hashed and compared in C.
+    """One object per distinct static part, so that the static part of a model that a
+    jitted call returned *is* the one of the model that went in: the cache key is then
+    the ids of the static parts, a tuple of ints hashed and compared in C.
+
+    No user code runs under the lock: the candidates are compared (their values' `__eq__`)
+    outside it. Two threads may then intern equal parts twice; that costs a second
+    compilation, never a wrong one, since the cache compares exact keys by identity.
+    """
     h = static._hash
     if h is None:
         return static
     with _INTERN_LOCK:
-        refs = _INTERNED.setdefault(h, [])
-        for ref in refs:
-            existing = ref()
-            if existing is not None and existing == static:
-                return existing
-        refs.append(weakref.ref(static, functools.partial(_forget, h)))
+        _prune()
+        candidates = [ref() for ref in _INTERNED.get(h, ())]
+    for existing in candidates:
+        if existing is not None and existing == static:
+            return existing
+    with _INTERN_LOCK:
+        _INTERNED.setdefault(h, []).append(weakref.ref(static, lambda _, h=h: _DEAD.append(h)))
     return static
 
 
+def _prune() -> None:
+    """Drop dead references (lock held)."""
+    while _DEAD:
+        h = _DEAD.pop()
+        refs = _INTERNED.get(h)
+        if refs is not None:
+            refs[:] = [r for r in refs if r() is not None]
+            if not refs:
+                del _INTERNED[h]
+
+
 # Tuples at least this long whose items are all plain Python values are kept whole, as one
-# static leaf (for Modules, whose walk in _inspect finds them): a Module holding `tuple(range(100_000))` then costs one hash on its first
-# call instead of 100k leaves to flatten, check and rebuild (benchmarks: first call).
+# static leaf (for Modules, whose walk in _inspect finds them): a Module holding
+# `tuple(range(100_000))` then costs one hash on its first call instead of 100k leaves to
+# flatten, check and rebuild (benchmarks: first call). Decided by the tuple's own content
+# (`_is_whole`), never by its id, which a tuple built afresh by a custom node's flatten
+# could share with another one.
 _WHOLE_TUPLE_MIN = 64
 _PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes, type(None)})
 
 
-def _element_types(values: tuple[Any, ...], kinds: set[type] | None) -> Any:
-    """What tells apart whole tuples that compare equal: (1, 2) == (1.0, 2.0) == (True, 2).
-    `kinds` is the set of the element types, if known."""
-    kinds = set(map(type, values)) if kinds is None else kinds
-    return next(iter(kinds)) if len(kinds) == 1 else tuple(map(type, values))
+def _is_whole(node: Any) -> bool:
+    return type(node) is tuple and len(node) >= _WHOLE_TUPLE_MIN and _PLAIN_TYPES.issuperset(map(type, node))
 
 
-def _inspect(node: Any, fields: list[Any], whole: dict[int, set[type]]) -> bool:
-    """Collect the values of all Module static fields in `node` into `fields`, and return
-    whether every container in it is immutable (so that its split may be memoised).
-    Records in `whole` the long tuples of plain values to keep whole: id -> element types."""
+def _inspect(node: Any, fields: list[Any], tokens: list[Any], whole: list[bool]) -> bool:
+    """Walk `node`: collect the values of all Module static fields into `fields` and the
+    exact keys of all other aux data (dict keys, custom nodes' aux) into `tokens`, both in
+    traversal order, and return whether every container in it is immutable (so that its
+    split may be memoised). Sets `whole[0]` if a tuple is to be kept whole."""
     t = type(node)
     if t in _LEAF_TYPES or node is None:
         return True
     if t in MODULE_TYPES:
         d = node.__dict__
         fields.extend(d[name] for name in t._larix_static_fields)  # type: ignore[attr-defined]
-        return all([_inspect(d[name], fields, whole) for name in _dynamic_field_names(t)])
-    if isinstance(node, tuple) and (kinds := set(map(type, node))) <= _LEAF_TYPES:
-        if t is tuple and len(node) >= _WHOLE_TUPLE_MIN and kinds <= _PLAIN_TYPES:
-            whole[id(node)] = kinds
-        return True  # C-level check: a tuple of plain leaves
+        return all([_inspect(d[name], fields, tokens, whole) for name in _dynamic_field_names(t)])
+    if t is dict:
+        # In JAX's order (sorted keys), as the treedef's: a walk in insertion order could
+        # line up the statics of two dicts that the treedef pairs differently.
+        children, keys = jtu.flatten_one_level(node)
+        tokens.append(exact_keys(tuple(keys)))
+        [_inspect(child, fields, tokens, whole) for child in children]
+        return False
+    if _is_tuple_node(node):
+        if _LEAF_TYPES.issuperset(map(type, node)):  # C-level check: a tuple of plain leaves
+            if not whole[0] and _is_whole(node):
+                whole[0] = True
+            return True
+        return all([_inspect(child, fields, tokens, whole) for child in node])
+    if t is list:
+        [_inspect(child, fields, tokens, whole) for child in node]
+        return False
     try:
-        children = flatten_one_level_with_keys(node)[0]
+        children, aux = jtu.flatten_one_level(node)
     except ValueError:
         return True  # a leaf
-    immutable = all([_inspect(child, fields, whole) for _, child in children])
-    return immutable and isinstance(node, tuple)
+    tokens.append(exact_key(aux))
+    [_inspect(child, fields, tokens, whole) for child in children]
+    return False  # a custom container: we cannot know that it is immutable
 
 
 def _make_static(
@@ -202,27 +219,18 @@ def _make_static(
     where: Any,
     memoise: bool,
     hashable: bool = True,
-    info: dict[Any, Any] | None = None,
     flat: tuple[list[Any], Any] | None = None,
 ) -> tuple[_Static, tuple[Any, ...]]:
-    """Split `x` into its static part and its arrays.
-
-    `info` caches, per treedef, what `_inspect` finds (the static fields and whether every
-    container is immutable): both are functions of the treedef, since Module aux data holds
-    the static values and their types. It saves the Python walk over an argument that is
-    not a Module (an optimiser state) on every call (benchmarks: adam). `flat` is `x`
-    flattened already.
-    """
-    found = None
-    is_leaf = None
-    whole: dict[int, set[type]] = {}
-    if memoise:  # a Module: walk it first, to know whether some tuples stay whole
-        fields: list[Any] = []
-        immutable = _inspect(x, fields, whole)
-        found = (tuple(fields), immutable)
-        if whole:
-            is_leaf = lambda node: id(node) in whole  # noqa: E731
-    leaves, treedef = jtu.tree_flatten(x, is_leaf) if flat is None else flat
+    """Split `x` into its static part and its arrays. `flat` is `x` flattened already."""
+    fields: list[Any] = []
+    tokens: list[Any] = []
+    whole = [False]
+    immutable = _inspect(x, fields, tokens, whole)
+    if flat is None:
+        flat = jtu.tree_flatten(x, _is_whole if memoise and whole[0] else None)
+        leaves, treedef = flat
+    else:
+        leaves, treedef = list(flat[0]), flat[1]
     # Decide "array or not" once per leaf *type*, and select with C-level map/compress:
     # 10x faster than calling is_array per leaf at 100k leaves (benchmarks: first call).
     leaf_types = list(map(type, leaves))
@@ -238,23 +246,13 @@ def _make_static(
         mask = list(map(array_types.__contains__, leaf_types))
         positions = tuple(itertools.compress(range(len(leaves)), mask))
         arrays = tuple(itertools.compress(leaves, mask))
-        template = leaves if flat is None else list(leaves)  # reuse our own list
+        template = leaves
         for p in positions:
             template[p] = None
     else:
-        positions, arrays, template = (), (), leaves if flat is None else list(leaves)
-    if found is None:
-        found = None if info is None else info.get(treedef)
-    if found is None:
-        fields = []
-        immutable = _inspect(x, fields, {})
-        found = (tuple(fields), immutable)
-        if info is not None:
-            if len(info) > _INFO_MAX:
-                info.clear()
-            info[treedef] = found
+        positions, arrays, template = (), (), leaves
     try:
-        static = _Static(treedef, template, positions, memoise and found[1], found[0], hashable, whole)
+        static = _Static(treedef, template, positions, memoise and immutable, tuple(fields), tuple(tokens), hashable)
     except TypeError:
         raise _unhashable_error(x, where) from None
     if static._hash is None:
@@ -303,38 +301,34 @@ _ARRAY_STATIC = _intern(_Static(jtu.tree_structure(0), [None], (0,), False))
 _ARRAY_ID = id(_ARRAY_STATIC)
 
 
-def _split_arg(x: Any, where: str, info: dict[Any, Any] | None = None) -> tuple[_Static, tuple[Any, ...]]:
+def _split_arg(x: Any, where: Any, info: dict[Any, Any] | None = None) -> tuple[_Static, tuple[Any, ...]]:
     """The static part of `x` (interned, so that equal parts are the same object) and its arrays."""
     if type(x) in _CONCRETE_ARRAY_TYPES:
         return _ARRAY_STATIC, (x,)
     if isinstance(x, Module):
         memo = x.__dict__.get(_JIT_MEMO)
-        if memo is not None:
-            return memo
+        if memo is not None and memo[2] == EPOCH[0]:
+            return memo[0], memo[1]
         static, arrays = _make_static(x, where, memoise=True)
         static = _intern(static)
         if static.memoisable:
-            x.__dict__[_JIT_MEMO] = (static, arrays)
+            x.__dict__[_JIT_MEMO] = (static, arrays, EPOCH[0])
         return static, arrays
     if info is not None and _is_tuple_node(x):
         arrays: list[Any] = []
         key = _tuple_key(x, arrays)
         if key is not None:
-            return _remembered(info, key, x, where, None), tuple(arrays)
-    flat = jtu.tree_flatten(x)
-    if info is not None and set(map(type, flat[0])) <= _CONCRETE_SET:
-        # Only concrete arrays (a dict of parameters, say): the static part is a function of
-        # the treedef alone, so remember it per treedef and skip the rest.
-        return _remembered(info, (_ALL_ARRAYS, flat[1]), x, where, flat), tuple(flat[0])
-    static, arrays = _make_static(x, where, memoise=False, info=info, flat=flat)
+            return _remembered(info, key, x, where), tuple(arrays)
+    static, arrays = _make_static(x, where, memoise=False)
     return _intern(static), arrays
 
 
-def _remembered(info: dict[Any, Any], key: Any, x: Any, where: str, flat: Any) -> _Static:
-    """The static part of `x`, remembered in `info` under `key`, which determines it."""
+def _remembered(info: dict[Any, Any], key: Any, x: Any, where: Any) -> _Static:
+    """The static part of `x`, remembered in `info` under `key`, which determines it exactly
+    (invariant: equal keys are only ever built from arguments whose exact statics are equal)."""
     static = info.get(key)
     if static is None:
-        static = _intern(_make_static(x, where, memoise=False, info=info, flat=flat)[0])
+        static = _intern(_make_static(x, where, memoise=False)[0])
         if len(info) > _INFO_MAX:
             info.clear()
         info[key] = static
@@ -342,9 +336,14 @@ def _remembered(info: dict[Any, Any], key: Any, x: Any, where: str, flat: Any) -
 
 
 def _is_tuple_node(x: Any) -> bool:
-    """A tuple or namedtuple: a container that cannot change, flattened item by item."""
+    """A tuple or namedtuple that JAX flattens item by item, in order.
+
+    Not a NamedTuple registered with its own flatten: that one may reorder or drop items.
+    """
     t = type(x)
-    return t is tuple or (isinstance(x, tuple) and isinstance(getattr(t, "_fields", None), tuple))
+    return t is tuple or (
+        isinstance(x, tuple) and isinstance(getattr(t, "_fields", None), tuple) and t not in CUSTOM_NODES
+    )
 
 
 def _tuple_key(x: tuple[Any, ...], arrays: list[Any]) -> Any:
@@ -354,9 +353,11 @@ def _tuple_key(x: tuple[Any, ...], arrays: list[Any]) -> Any:
 
     An optimiser state is such a tuple (`(ScaleByAdamState(count, mu, nu), EmptyState())`,
     with mu and nu Modules that a jitted call returned, see `_nested_modules`): its key
-    costs a few item checks instead of a flatten (benchmarks: adam).
+    costs a few item checks instead of a flatten (benchmarks: adam). The key holds the
+    types and the interned static parts themselves, so it is exact.
     """
     key: list[Any] = [type(x)]
+    epoch = EPOCH[0]
     for child in x:
         t = type(child)
         if t in _CONCRETE_SET:
@@ -364,7 +365,7 @@ def _tuple_key(x: tuple[Any, ...], arrays: list[Any]) -> Any:
             arrays.append(child)
         elif t in MODULE_TYPES:
             memo = child.__dict__.get(_JIT_MEMO)
-            if memo is None:
+            if memo is None or memo[2] != epoch:
                 return None
             key.append(memo[0])  # the static itself: the key keeps it, and its id, alive
             arrays.extend(memo[1])
@@ -420,12 +421,12 @@ class _OutStatic:
             value = static.rebuild(chunk)
             if static.memoisable:
                 # Born with its split: feeding it back into a jitted call costs O(arrays).
-                value.__dict__[_JIT_MEMO] = (static, chunk)
+                value.__dict__[_JIT_MEMO] = (static, chunk, EPOCH[0])
             for path, module_static, first, end in nested:
                 node = value
                 for i in path:
                     node = node[i]
-                node.__dict__[_JIT_MEMO] = (module_static, chunk[first:end])
+                node.__dict__[_JIT_MEMO] = (module_static, chunk[first:end], EPOCH[0])
             out.append(value)
         return out[0] if self.container is None else self.container(out)
 
@@ -471,22 +472,88 @@ def _finish_either(unboxed_finish: Callable[[Any], Any] | None, out: Any) -> Any
     return out if unboxed_finish is None else unboxed_finish(out)
 
 
-_GENERATED_FILENAME = os.path.join(os.path.dirname(__file__), "<generated>")
-
-
 def _fixed_arity(fn: Callable[..., Any], n: int) -> Callable[..., Any]:
     """`fn` taking exactly `n` positional arguments: JAX dispatches a fixed-arity function
     ~0.35 µs faster than a `*args` one (benchmarks: jit N static)."""
     names = ", ".join(f"a{i}" for i in range(n))
     namespace: dict[str, Any] = {"fn": fn}
-    # Named as a file of larix, so that warnings skip it when they look for the user's line.
-    code = compile(f"def fixed({names}):\n    return fn({names})", _GENERATED_FILENAME, "exec")
+    # The generated code is given the two lines below as its source, so that a traceback
+    # through it shows a file that exists and the line that runs:
+    #   def fixed(a0, a1, ...):  # the arrays of every argument, flat
+    #       return fn(a0, a1, ...)  # `traced`: rebuild the arguments, call the user's function
+    code = compile("\n" * (_FIXED_LINE - 1) + f"def fixed({names}):\n    return fn({names})", __file__, "exec")
     exec(code, namespace)  # noqa: S102 - generated from a count
     fixed = namespace["fixed"]
     # Not functools.wraps: JAX reads the signature through __wrapped__, which would bring
     # the `*args` signature back.
     fixed.__name__ = fixed.__qualname__ = getattr(fn, "__name__", "fixed")
     return fixed
+
+
+_FIXED_LINE = _fixed_arity.__code__.co_firstlineno + 7  # the `#   def fixed(...)` line above
+
+
+def _debug_info(fun: Any, statics: tuple[_Static, ...], labels: list[str]) -> Any:
+    """What JAX names in its errors while tracing: the user's function and the path of each
+    array (`model.layers[0].weight`), as `jax.jit` would, instead of our flat `a0, a1, ...`.
+
+    Paths cost a flatten with paths, ~1.4 µs a leaf: above `_NAMED_LEAVES` leaves in one
+    argument (a stress case, not a model) its arrays are named by their index instead,
+    so that the first call stays cheap (benchmarks: first call).
+    """
+    try:
+        from jax._src import api_util, core
+    except ImportError:  # pragma: no cover - a JAX that moved them: JAX's own names
+        return None
+    target = fun
+    if isinstance(fun, Module) and not isinstance(fun, BoundMethod):
+        target = type(fun).__call__
+    try:
+        source = api_util.fun_sourceinfo(target)
+    except Exception:  # noqa: BLE001 - a name is a courtesy, never an error
+        source = "<unknown>"
+    names: list[str] = []
+    for label, static in zip(labels, statics):
+        if static.num_arrays == 0:
+            continue
+        if static.bare:
+            names.append(label)
+        elif static.treedef.num_leaves <= _NAMED_LEAVES:
+            tree = static.rebuild([_Slot()] * static.num_arrays)
+            paths = jtu.tree_flatten_with_path(tree, is_leaf=lambda x: type(x) is _Slot)[0]
+            names.extend(python_path(path, label) for path, leaf in paths if type(leaf) is _Slot)
+        else:
+            names.extend(f"{label}<array {i} of {static.num_arrays}>" for i in range(static.num_arrays))
+    return core.DebugInfo("filter_jit", source, tuple(names), core.initial_result_paths)
+
+
+_NAMED_LEAVES = 20_000
+
+
+class _Slot:
+    """A placeholder for an array while the arrays' paths are found."""
+
+
+def _argument_names(fun: Any, num_args: int, kwnames: tuple[str, ...], fun_is_module: bool) -> list[str]:
+    """The name of each argument as the user wrote it (`model`), as JAX names them."""
+    names = [f"args[{i}]" for i in range(num_args)] + [f"kwargs[{k!r}]" for k in kwnames]
+    try:
+        bound = inspect.signature(fun).bind(*range(num_args), **{k: k for k in kwnames})
+    except (TypeError, ValueError):
+        return (["self"] if fun_is_module else []) + names
+    for name, value in bound.arguments.items():
+        kind = bound.signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            for j, i in enumerate(value):
+                names[i] = f"{name}[{j}]"
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            for k in value:
+                names[num_args + kwnames.index(k)] = f"{name}[{k!r}]"
+        elif isinstance(value, int):
+            names[value] = name
+        else:
+            names[num_args + kwnames.index(value)] = name
+    return (["self"] if fun_is_module else []) + names
 
 
 def _reraise(error: Exception) -> typing.NoReturn:
@@ -582,7 +649,6 @@ class _JitWrapper:
         self._lock = threading.Lock()
         self._traces = TraceLog()
         self.num_traces = 0
-        self.recompile_reasons: list[str] = []
         _WRAPPERS.add(self)
 
     def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any], list[Any]]:
@@ -606,9 +672,9 @@ class _JitWrapper:
                 parts.append(_ARRAY_STATIC)
                 continue
             memo = a.__dict__.get(_JIT_MEMO) if t in MODULE_TYPES else None
-            if memo is None:
+            if memo is None or memo[2] != EPOCH[0]:
                 memo = _split_arg(a, _Label(self, len(args), tuple(kwargs), i), self._info)
-            static, arrs = memo
+            static, arrs = memo[0], memo[1]
             key.append(id(static))
             arrays.extend(arrs)
             parts.append(static)
@@ -626,7 +692,7 @@ class _JitWrapper:
         single_get = self._single.get
         info_get = self._info.get
         general = self._call
-        concrete, modules, memo_name, array_id = _CONCRETE_ARRAY_TYPES, MODULE_TYPES, _JIT_MEMO, _ARRAY_ID
+        concrete, modules, memo_name, array_id, epoch = _CONCRETE_ARRAY_TYPES, MODULE_TYPES, _JIT_MEMO, _ARRAY_ID, EPOCH
 
         # A Module (or bound method) as `fun` is the first value of the key, as in `_key`.
         prefix = (self._fun,) if self._fun_is_module else ()
@@ -637,7 +703,7 @@ class _JitWrapper:
             if len(args) == 1 and not prefix:  # f(model): one dict lookup, no key to build
                 a = args[0]
                 t = type(a)
-                if t in modules and (memo := a.__dict__.get(memo_name)) is not None:
+                if t in modules and (memo := a.__dict__.get(memo_name)) is not None and memo[2] == epoch[0]:
                     entry = single_get(id(memo[0]))
                     arrays = memo[1]
                 elif t in concrete:
@@ -653,7 +719,7 @@ class _JitWrapper:
                     if t in concrete:
                         key.append(array_id)
                         arrays.append(a)
-                    elif t in modules and (memo := a.__dict__.get(memo_name)) is not None:
+                    elif t in modules and (memo := a.__dict__.get(memo_name)) is not None and memo[2] == epoch[0]:
                         key.append(id(memo[0]))
                         arrays += memo[1]
                     elif (
@@ -732,9 +798,9 @@ class _JitWrapper:
         def traced(*arrays: Any) -> Any:
             with self._lock:
                 self.num_traces += 1
-                reason = record_trace(self._traces, key, arrays, self._labels(key))
-                if reason:
-                    self.recompile_reasons.append(reason)
+            # Outside the lock: the function may call itself (a recursive filter_jit), and
+            # explaining runs user code (__eq__, __repr__) that must not hold it.
+            reason = record_trace(self._traces, key, arrays, self._labels(key), self._lock)
             if reason:
                 explain(self._fun, reason)
             values = []
@@ -752,15 +818,23 @@ class _JitWrapper:
             if entry.boxed:
                 return _Boxed(out_arrays, out_static)
             with self._lock:
-                if entry.out_static is None:
+                first = entry.out_static
+                if first is None:
                     entry.out_static = out_static
                     # A single-array output is returned as it is: no finishing step at all.
                     entry.finish = None if out_static.bare else out_static.rebuild
-                elif entry.out_static != out_static:
-                    raise _OutputStaticChanged
+            if first is not None and first != out_static:  # outside the lock: runs __eq__
+                raise _OutputStaticChanged
             return out_arrays[0] if out_static.bare else out_arrays
 
-        jitted = jax.jit(_fixed_arity(traced, total), donate_argnums=donate_argnums, **self._jitkwargs)
+        fixed = _fixed_arity(traced, total)
+        try:
+            info = _debug_info(self._fun, statics, _argument_names(self._fun, num_args, kwnames, self._fun_is_module))
+        except Exception:  # noqa: BLE001 - names are a courtesy: JAX then uses its own
+            info = None
+        if info is not None:
+            fixed.__fun_debug_info__ = info  # type: ignore[attr-defined]
+        jitted = jax.jit(fixed, donate_argnums=donate_argnums, **self._jitkwargs)
         if not self._quiet_donation:
             return jitted
 
@@ -771,6 +845,11 @@ class _JitWrapper:
 
         quietly.lower = jitted.lower  # type: ignore[attr-defined]
         return quietly
+
+    @property
+    def recompile_reasons(self) -> list[str]:
+        """Why each trace after the first happened (computed on first access)."""
+        return self._traces.reasons()
 
     def _labels(self, key: Any) -> list[str]:
         _, num_args, kwnames = key
@@ -818,6 +897,9 @@ class _Compiled:
 
     def __init__(self, wrapper: _JitWrapper, key: Any, entry: _Entry, compiled: Any):
         self._wrapper, self._key, self.compiled = wrapper, key, compiled
+        # The key is made of ids of static parts: holding the parts keeps those ids theirs,
+        # so an equal key means the same static parts, even after larix.clear_caches().
+        self._parts = entry.call[0]
         # Captured now: later calls of the wrapper may switch the entry to boxed outputs,
         # but this executable keeps returning what it was traced to return.
         self._finish = entry.finish

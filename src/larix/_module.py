@@ -182,6 +182,66 @@ def _make_flatten(cls: type, dynamic: tuple[str, ...], static: tuple[str, ...]) 
     return operator.attrgetter(_FLAT), namespace["flatten_with_keys"], namespace["unflatten"]
 
 
+# Mutation epoch. Modules are frozen, but `object.__setattr__(module, name, value)` (used by
+# some libraries and debuggers) still reaches a field through its descriptor below. Every
+# memo that covers a whole subtree (filter_jit's split, larix.split's) records the epoch it
+# was made in and is used only while the epoch is unchanged, since a parent cannot know
+# that a Module inside it was changed. One list item, so that hot paths read it cheaply.
+EPOCH = [0]
+# The per-instance memos, dropped from an instance whose field is changed.
+MEMO_NAMES: tuple[str, ...] = ("_larix_flat", "__larix_jit__", "__larix_split__")
+
+
+class _Field:
+    """The descriptor of one Module field: reads the instance's `__dict__`, and notices writes.
+
+    A data descriptor, so that `object.__setattr__` goes through `__set__` too: after
+    `__init__`, a write drops the instance's memos and moves the mutation epoch on, so that
+    no cached flatten or split can return the old value (invariant: a memo is used only if
+    no field of any Module was written after `__init__` since it was made). Class-level
+    access gives the default, as for a plain dataclass.
+    """
+
+    __slots__ = ("default", "name")
+
+    def __init__(self, name: str, default: Any):
+        self.name = name
+        self.default = default
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is not None:
+            try:
+                return instance.__dict__[self.name]
+            except KeyError:
+                pass
+        if self.default is dataclasses.MISSING:
+            raise AttributeError(
+                f"'{(owner or type(instance)).__name__}' object has no attribute '{self.name}'"
+            )
+        return self.default
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        d = instance.__dict__
+        if _INITIALISING not in d:
+            _forget_memos(d)
+        d[self.name] = value
+
+    def __delete__(self, instance: Any) -> None:
+        d = instance.__dict__
+        if _INITIALISING not in d:
+            _forget_memos(d)
+        try:
+            del d[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+
+def _forget_memos(d: dict[str, Any]) -> None:
+    for name in MEMO_NAMES:
+        d.pop(name, None)
+    EPOCH[0] += 1
+
+
 class _FlatCache:
     """`instance._larix_flat`, computed on first use and then kept in the instance's dict."""
 
@@ -242,6 +302,12 @@ class _ModuleMeta(abc.ABCMeta):
         )
         cls._larix_custom_init = custom_init
         MODULE_TYPES.add(cls)
+        for field_name in annotations:
+            # A field re-declared without a value: a plain dataclass would find the parent's
+            # default as a class attribute; give it that, not our descriptor.
+            if field_name not in namespace and isinstance(inspect.getattr_static(cls, field_name, None), _Field):
+                inherited = inspect.getattr_static(cls, field_name).default
+                setattr(cls, field_name, dataclasses.field() if inherited is dataclasses.MISSING else inherited)
         dataclasses.dataclass(eq=False, repr=False, frozen=True, init=not custom_init)(cls)
         # The dataclass machinery installs a frozen __setattr__; ours (on Module) also allows
         # assignment during __init__ and explains the fix, so remove the generated ones.
@@ -251,6 +317,10 @@ class _ModuleMeta(abc.ABCMeta):
 
         fields = dataclasses.fields(cls)
         cls._larix_fields = fields
+        for f in fields:
+            current = inspect.getattr_static(cls, f.name, None)
+            if f.name in cls.__dict__ or not isinstance(current, _Field):
+                type.__setattr__(cls, f.name, _Field(f.name, f.default))
         # The generated __init__ sets every field except `init=False` ones without default.
         cls._larix_fill_fields = custom_init or any(not f.init for f in fields)
         cls._larix_converters = tuple((f.name, f.metadata["converter"]) for f in fields if "converter" in f.metadata)

@@ -62,15 +62,27 @@ def python_path(path: Sequence[Any], root: str = "tree") -> str:
     return "".join(parts)
 
 
+class _Everything:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+try:  # the types registered with their own flatten: a NamedTuple among them may reorder
+    from jax._src.tree_util import _registry as CUSTOM_NODES
+except ImportError:  # pragma: no cover - a JAX that moved it: treat every namedtuple as custom
+    CUSTOM_NODES = _Everything()  # type: ignore[assignment]
+
+
 def flatten_one_level_with_keys(node: Any) -> tuple[list[tuple[Any, Any]], Any]:
     """`jax.tree_util.flatten_one_level_with_keys`, with namedtuple fields named right.
 
-    (jax 0.10.2 names every field of a namedtuple after its first one.)
+    (jax 0.10.2 names every field of a namedtuple after its first one.) A NamedTuple
+    registered with its own flatten is left to JAX: it may reorder its items.
 
     **Raises:** `ValueError` if `node` is a leaf.
     """
     fields = getattr(type(node), "_fields", None)
-    if isinstance(node, tuple) and isinstance(fields, tuple):
+    if isinstance(node, tuple) and isinstance(fields, tuple) and type(node) not in CUSTOM_NODES:
         return [(jtu.GetAttrKey(f), v) for f, v in zip(fields, node)], type(node)
     children, metadata = jtu.flatten_one_level_with_keys(node)
     return list(children), metadata
@@ -90,7 +102,10 @@ def _one_level(node: Any, is_leaf: Any) -> tuple[tuple[tuple[Any, Any], ...], An
 def _describe(node: Any) -> str:
     from ._pformat import tree_pformat
 
-    text = tree_pformat(node, width=10_000)
+    try:
+        text = tree_pformat(node, width=10_000)
+    except Exception:  # noqa: BLE001 - a user's __repr__ must never break a diagnostic
+        text = f"<{type(node).__name__} object (its repr failed)>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

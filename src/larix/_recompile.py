@@ -13,8 +13,9 @@ import jax
 import jax.tree_util as jtu
 import jaxlib
 
+from ._exact import exact_key
+from ._paths import _describe as describe
 from ._paths import python_path, structure_mismatch
-from ._pformat import tree_pformat
 
 __all__ = ["TraceLog", "explain", "explain_recompiles", "record_trace"]
 
@@ -95,8 +96,7 @@ def _rebuild(static: Any, avals: tuple[Any, ...]) -> Any:
 
 
 def _describe(x: Any) -> str:
-    text = repr(x) if isinstance(x, _ArraySlot) else tree_pformat(x, width=10_000)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return repr(x) if isinstance(x, _ArraySlot) else describe(x)
 
 
 def _diff_values(old: Any, new: Any, root: str) -> list[str]:
@@ -118,9 +118,16 @@ def _diff_values(old: Any, new: Any, root: str) -> list[str]:
                 changes.append(f"array at {where} changed: {a!r} -> {b!r}")
         elif isinstance(a, _ArraySlot) or isinstance(b, _ArraySlot):
             changes.append(f"{where} changed: {_describe(a)} -> {_describe(b)}")
-        elif type(a) is not type(b) or not _equal(a, b):
+        elif not _same(a, b):
             changes.append(f"static value at {where} changed: {_describe(a)} -> {_describe(b)}")
     return changes
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:  # exactly, as the cache compares: 0.0 and -0.0 differ
+        return bool(exact_key(a) == exact_key(b))
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -148,7 +155,7 @@ def _differences(old: Any, new: Any, labels: list[str]) -> list[str]:
     return changes
 
 
-def _fresh_callables(changes: list[str], old: Any, new: Any, labels: list[str]) -> list[str]:
+def _fresh_callables(old: Any, new: Any, labels: list[str]) -> list[str]:
     """Static leaves that are a new function object with the same code as before."""
     found = []
     for label, s_old, s_new in zip(labels, old[0][0], new[0][0]):
@@ -177,38 +184,77 @@ def _caller_stacklevel() -> int:
 
 
 class TraceLog:
-    """The recent traces of one filtered function, to compare new traces against."""
+    """The recent traces of one filtered function, to compare new traces against.
+
+    Recording a trace is cheap (the key and the arrays' shapes); the comparison that
+    explains it runs only when asked for (`reasons()`, or when explanations are on), since
+    against many large earlier traces it can cost far more than the trace itself.
+    """
 
     def __init__(self) -> None:
         self.entries: list[Any] = []
         self.warned_fresh = False
+        self._pending: list[Any] = []  # (earlier traces, new trace, labels), not explained yet
+        self._reasons: list[str] = []
+
+    def record(self, key: Any, arrays: Any, labels: list[str]) -> Any:
+        """Remember this trace (call with the wrapper's lock held: runs no user code).
+        Returns what `explain_pending` needs, or None for a first trace."""
+        new = (key, tuple(_aval(a) for a in arrays))
+        pending = None
+        if self.entries:
+            same_call = [t for t in self.entries if t[0][1:] == key[1:]]
+            pending = (same_call or list(self.entries), new, labels)
+            self._pending.append(pending)
+        self.entries.append(new)
+        del self.entries[:-_MAX_REMEMBERED]
+        return pending
+
+    def reasons(self) -> list[str]:
+        """The explanation of every trace after the first, in order. (Called without the
+        lock: list.pop and append are atomic, and two threads at once only reorder.)"""
+        while self._pending:
+            candidates, new, labels = self._pending.pop(0)
+            self._reasons.append(_explain_one(candidates, new, labels))
+        return self._reasons
 
 
-def record_trace(log: TraceLog, key: Any, arrays: Any, labels: list[str]) -> str:
-    """Remember this trace; return what changed against the closest earlier one ('' if first)."""
-    traces = log.entries
-    new = (key, tuple(_aval(a) for a in arrays))
-    reason = ""
-    if traces:
+def _explain_one(candidates: list[Any], new: Any, labels: list[str]) -> str:
+    try:
         best: list[str] | None = None
-        # Prefer traces called the same way (same positional count and keyword names).
-        same_call = [t for t in traces if t[0][1:] == key[1:]]
-        for old in reversed(same_call or traces):
+        for old in reversed(candidates):
             changes = _differences(old, new, labels)
             if best is None or (changes and len(changes) < len(best)):
                 best = changes
-        reason = "; ".join(best or ["nothing visible changed (another trace of the same inputs)"])
-        fresh = _fresh_callables(best or [], (same_call or traces)[-1], new, labels)
-        if fresh and not log.warned_fresh:
-            log.warned_fresh = True
-            warnings.warn(
-                "filter_jit is compiling again because a static function is a new object with "
-                f"the same code as in the previous call: {', '.join(fresh)}. This happens with "
-                "a lambda or closure created inside a loop, and compiles on every call. Create "
-                "it once outside the loop, or make it a Module (whose arrays are traced).",
-                UserWarning,
-                stacklevel=_caller_stacklevel(),
-            )
-    traces.append(new)
-    del traces[:-_MAX_REMEMBERED]
-    return reason
+        return "; ".join(best or ["nothing visible changed (another trace of the same inputs)"])
+    except Exception as error:  # noqa: BLE001 - a diagnostic must never break a call
+        return f"the explanation failed ({type(error).__name__}: {error})"
+
+
+def record_trace(log: TraceLog, key: Any, arrays: Any, labels: list[str], lock: Any) -> str:
+    """Remember this trace; return what changed against the closest earlier one, but only
+    if explanations are on ('' otherwise, and for a first trace). Warns once about static
+    functions that are new objects with the same code."""
+    with lock:
+        pending = log.record(key, arrays, labels)
+    if pending is None:
+        return ""
+    candidates, new, labels = pending
+    try:
+        fresh = [] if log.warned_fresh else _fresh_callables(candidates[-1], new, labels)
+    except Exception:  # noqa: BLE001 - a diagnostic must never break a call
+        fresh = []
+    if fresh and not log.warned_fresh:
+        log.warned_fresh = True
+        warnings.warn(
+            "filter_jit is compiling again because a static function is a new object with "
+            f"the same code as in the previous call: {', '.join(fresh)}. This happens with "
+            "a lambda or closure created inside a loop, and compiles on every call. Create "
+            "it once outside the loop, or make it a Module (whose arrays are traced).",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+    if not _explain_enabled:
+        return ""
+    reasons = log.reasons()  # not under the lock: comparing runs the statics' __eq__, __repr__
+    return reasons[-1] if reasons else ""

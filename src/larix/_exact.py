@@ -1,0 +1,73 @@
+"""Exact keys for static values: equal only when the values cannot be told apart.
+
+`==` is too coarse for a cache key of compiled code: `1 == 1.0 == True`, `0.0 == -0.0`
+(yet `arctan2(-0.0, -1) = -pi`), `(1, 2) == (1.0, 2.0)`, and `nan != nan`. Every cache in
+larix that stands for static values (filter_jit's static parts, `split`'s remembered
+treedefs) compares them through `exact_key`.
+
+The invariant: `exact_key(a) == exact_key(b)` implies that `a` and `b` have the same type
+at every level and, for Python's and NumPy's built-in value types, the same value bit for
+bit. Objects of other types are compared by their own `==` (as `jax.jit` compares static
+arguments): that is their author's contract.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import numpy as np
+
+__all__ = ["exact_key", "exact_keys"]
+
+# Types whose `==` between two values of the *same* type means the values are the same.
+# (Not float: 0.0 == -0.0. Not tuple: its items may be floats.)
+_EXACT_BY_EQUALITY = frozenset(
+    {str, int, bool, bytes, type(None), type, types.FunctionType, types.BuiltinFunctionType, types.MethodType}
+)
+
+
+def exact_keys(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The exact key of a tuple of values, item by item, with each item's type.
+
+    The common case, a tuple of strings, ints, functions and None, costs two C-level loops.
+    """
+    kinds = tuple(map(type, values))
+    if _EXACT_BY_EQUALITY.issuperset(kinds):
+        return (kinds, values)
+    return (kinds, tuple(v if t in _EXACT_BY_EQUALITY else _exact(v) for t, v in zip(kinds, values)))
+
+
+def exact_key(value: Any) -> Any:
+    """The exact key of one value (see the module docstring)."""
+    t = type(value)
+    return (t, value if t in _EXACT_BY_EQUALITY else _exact(value))
+
+
+class _Bits:
+    """A float's bits, hashable, equal only to the same bits (so nan equals the same nan)."""
+
+    __slots__ = ("bits",)
+
+    def __init__(self, bits: Any):
+        self.bits = bits
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Bits and self.bits == other.bits
+
+    def __hash__(self) -> int:
+        return hash(self.bits)
+
+
+def _exact(value: Any) -> Any:
+    if isinstance(value, float):
+        return _Bits(float.hex(value))
+    if isinstance(value, complex):
+        return _Bits((float.hex(value.real), float.hex(value.imag)))
+    if isinstance(value, tuple):
+        return exact_keys(value)
+    if isinstance(value, frozenset):
+        return frozenset(map(exact_key, value))
+    if isinstance(value, np.generic):
+        return _Bits((value.dtype.str, value.tobytes()))
+    return value  # another type: its own == decides
