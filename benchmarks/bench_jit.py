@@ -12,6 +12,8 @@ Sections (every ratio is to raw `jax.jit` on the same arrays, measured in the sa
 - `adam step`: one optax adam training step whose returned model and optimiser state are
   fed back into the next call (goal 1.05x).
 - `first call`: trace + compile + run of a new jitted function at N = 100k (goal 1.5x).
+- `re-trace`: the ninth trace of a function whose argument holds a 40k-leaf configuration,
+  when a static field changes (goal: no slower than Equinox, the baseline here).
 - `split+merge`: `larix.split` and `larix.merge` of the N-leaf tree, beside
   `jax.tree_util.tree_flatten` of it (the least any strategy must do once).
 """
@@ -220,6 +222,40 @@ def _flatten(n: int) -> Callable[[], Any]:
     return functools.partial(jax.tree_util.tree_flatten, _tree(n))
 
 
+# -- re-trace ----------------------------------------------------------------------------------
+
+RETRACE_LEAVES = 40_000
+RETRACE_EARLIER = 8  # traces made before the timed one, to compare against
+
+
+class Configured(larix.Module):
+    x: jax.Array
+    config: dict[str, float]  # many non-array leaves: static for a filtered transform
+    step: int = larix.field(static=True)
+
+
+_CONFIG = {f"p{i}": float(i) for i in range(RETRACE_LEAVES)}
+
+
+def _retrace(jit: Callable[..., Any]) -> Callable[[], Any]:
+    """A function traced `RETRACE_EARLIER` times, called with a new static value: one re-trace."""
+    f = jit(lambda m: m.x * m.step)
+    x = jnp.zeros(8, jnp.float32)
+    for step in range(RETRACE_EARLIER):
+        jax.block_until_ready(f(Configured(x, _CONFIG, step)))
+    return functools.partial(f, Configured(x, _CONFIG, RETRACE_EARLIER))
+
+
+def _retrace_larix() -> Callable[[], Any]:
+    return _retrace(larix.filter_jit)
+
+
+def _retrace_equinox() -> Callable[[], Any]:
+    import equinox as eqx
+
+    return _retrace(eqx.filter_jit)
+
+
 def cases(settings: Settings) -> Iterable[Case]:
     section = "jit N static"
     for n in SIZES:
@@ -253,6 +289,11 @@ def cases(settings: Settings) -> Iterable[Case]:
     yield Case(
         section, "larix filter_jit", functools.partial(_first_larix, n), n=n, baseline="raw jax.jit", goal=1.5, cold=True
     )
+
+    section = "re-trace"
+    common = {"n": RETRACE_LEAVES, "cold": True, "requires": ("equinox",)}
+    yield Case(section, "equinox filter_jit", _retrace_equinox, **common)
+    yield Case(section, "larix filter_jit", _retrace_larix, baseline="equinox filter_jit", goal=1.0, **common)
 
     section = "split+merge"
     for n in SIZES:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
+import math
 import pickle
 import sys
 import threading
 import time
+import traceback
 import weakref
 from typing import Any
 
@@ -1024,3 +1026,64 @@ def test_remembered_structures_stay_bounded(monkeypatch):
         remember(model)
         f((model,), x)
     assert len(f._larix_jit._info) <= larix._jit._INFO_MAX + 1
+
+
+# --------------------------------------------------------------------------- exact caches
+
+
+class _Layer(larix.Module):
+    weight: Any
+
+
+class _Net(larix.Module):
+    layers: tuple
+
+
+def test_errors_while_tracing_name_the_function_and_the_argument_path():
+    def loss(model, x):
+        if model.layers[1].weight.sum() > 0:  # a Python branch on a traced value
+            return x
+        return -x
+
+    net = _Net((_Layer(jnp.ones(3)), _Layer(jnp.ones(3))))
+    with pytest.raises(jax.errors.TracerBoolConversionError) as info:
+        larix.filter_jit(loss)(net, jnp.ones(3))
+    text = str(info.value)
+    assert f"the function loss at {__file__}:" in text
+    assert "argument model.layers[1].weight" in text
+    assert "<generated>" not in "".join(traceback.format_exception(info.value))
+
+
+def test_the_generated_call_shows_its_real_source_line():
+    import linecache
+
+    from larix import _jit
+
+    assert "return fn(a0, a1, ...)" in linecache.getline(_jit.__file__, _jit._FIXED_LINE + 1)
+
+
+def test_a_function_may_call_itself_while_tracing():
+    @larix.filter_jit
+    def depth(x, n):
+        return x if n == 0 else depth(x, n - 1) + 1
+
+    assert depth(jnp.array(0.0), 3) == 3.0
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [({1: 0}, {1.0: 0}), ({1: 0}, {True: 0}), ({0.0: 0}, {-0.0: 0}), ({frozenset({1}): 0}, {frozenset({1.0}): 0})],
+)
+def test_dict_keys_that_compare_equal_do_not_share_a_trace(a, b):
+    f = larix.filter_jit(lambda d: (d[next(iter(d))], repr(next(iter(d)))))
+    for d in (a, b, a):  # the dicts of arrays take the remembered path after the first call
+        d = {k: jnp.ones(()) for k in d}
+        assert f(d)[1] == repr(next(iter(d)))
+
+
+def test_statics_equal_by_value_but_not_by_type_or_sign_do_not_share_a_trace():
+    f = larix.filter_jit(lambda x, s: (x, jnp.arctan2(jnp.asarray(s[0], jnp.float32), -1.0), type(s[1]).__name__))
+    for s in [(0.0, 1), (-0.0, 1), (0.0, 1.0), (0.0, True)]:
+        _, angle, name = f(jnp.ones(()), s)
+        assert math.copysign(1.0, float(angle)) == math.copysign(1.0, math.atan2(s[0], -1.0))
+        assert name == type(s[1]).__name__

@@ -912,3 +912,76 @@ def test_matches_equinox_module_behaviour():
     for obj in (ours, theirs):
         with pytest.raises(dataclasses.FrozenInstanceError):
             obj.weight = 1
+
+
+# --------------------------------------------------------------------------- field descriptors
+
+
+class _WithDefaults(larix.Module):
+    weight: Any
+    scale: float = 2.0
+    tag: str = larix.field(static=True, default="t")
+
+
+def test_class_level_field_access_gives_the_default_as_a_dataclass_does():
+    assert _WithDefaults.scale == 2.0
+    assert _WithDefaults.tag == "t"
+    with pytest.raises(AttributeError, match="weight"):
+        _WithDefaults.weight
+
+
+def test_custom_init_reads_a_default_before_assigning_it():
+    class Layer(larix.Module):
+        weight: Any
+        use_bias: bool = True
+
+        def __init__(self, weight):
+            self.weight = weight * 2 if self.use_bias else weight
+
+    assert Layer(3).weight == 6
+    assert Layer(3).use_bias is True
+
+
+def test_subclass_redeclaring_a_field_keeps_dataclass_semantics():
+    class Base(larix.Module):
+        x: int = 3
+
+    class Child(Base):
+        x: int  # re-declared: a plain dataclass inherits the default 3
+
+    class NoDefault(larix.Module):
+        y: Any = larix.field(static=True)
+
+    class ChildOfNoDefault(NoDefault):
+        y: Any
+
+    assert Child().x == 3
+    with pytest.raises(TypeError):
+        ChildOfNoDefault()
+    assert jtu.tree_leaves(ChildOfNoDefault(5)) == [5]  # re-declared without static=True: a leaf
+
+
+def test_object_setattr_after_init_is_seen_by_every_cache():
+    """Misuse, but used by libraries and debuggers: no memo may hide the new value."""
+    model = _WithDefaults(jnp.array(1.0))
+    outer = Pair(model, jnp.array(0.0))
+    f = larix.filter_jit(lambda m: m.weight * 1)
+    g = larix.filter_jit(lambda p: p.a.weight * 1)
+    assert f(model) == 1.0 and g(outer) == 1.0
+    assert larix.split(outer, larix.is_array)[1]["a.weight"] == 1.0
+    object.__setattr__(model, "weight", jnp.array(5.0))
+    assert jtu.tree_leaves(model)[0] == 5.0
+    assert f(model) == 5.0
+    assert g(outer) == 5.0  # a memo of the *outer* Module too
+    assert larix.split(outer, larix.is_array)[1]["a.weight"] == 5.0
+    object.__setattr__(model, "tag", "changed")  # a static field: another structure
+    assert jtu.tree_structure(model) != jtu.tree_structure(_WithDefaults(jnp.array(5.0)))
+
+
+def test_object_delattr_after_init_drops_the_field():
+    model = _WithDefaults(jnp.array(1.0))
+    jtu.tree_leaves(model)
+    object.__delattr__(model, "scale")
+    assert model.scale == 2.0  # the class default shows through, as for a dataclass
+    with pytest.raises(AttributeError):
+        object.__delattr__(model, "scale")

@@ -192,8 +192,15 @@ def _inspect(node: Any, fields: list[Any], tokens: list[Any], whole: list[bool])
     if t is dict:
         # In JAX's order (sorted keys), as the treedef's: a walk in insertion order could
         # line up the statics of two dicts that the treedef pairs differently.
-        children, keys = jtu.flatten_one_level(node)
-        tokens.append(exact_keys(tuple(keys)))
+        if all(type(k) is str for k in node):  # sorted() is JAX's order for str keys
+            keys = sorted(node)
+            tokens.append(tuple(keys))  # str keys are exact by ==
+            if _LEAF_TYPES.issuperset(map(type, node.values())):  # C-level: a dict of arrays
+                return False
+            children = [node[k] for k in keys]
+        else:
+            children, keys = jtu.flatten_one_level(node)
+            tokens.append(exact_keys(tuple(keys)))
         [_inspect(child, fields, tokens, whole) for child in children]
         return False
     if _is_tuple_node(node):
@@ -203,7 +210,8 @@ def _inspect(node: Any, fields: list[Any], tokens: list[Any], whole: list[bool])
             return True
         return all([_inspect(child, fields, tokens, whole) for child in node])
     if t is list:
-        [_inspect(child, fields, tokens, whole) for child in node]
+        if not _LEAF_TYPES.issuperset(map(type, node)):
+            [_inspect(child, fields, tokens, whole) for child in node]
         return False
     try:
         children, aux = jtu.flatten_one_level(node)
@@ -319,6 +327,22 @@ def _split_arg(x: Any, where: Any, info: dict[Any, Any] | None = None) -> tuple[
         key = _tuple_key(x, arrays)
         if key is not None:
             return _remembered(info, key, x, where), tuple(arrays)
+    if info is not None:
+        leaves, treedef = jtu.tree_flatten(x)
+        if _CONCRETE_SET.issuperset(map(type, leaves)):
+            # Only concrete arrays (a dict of parameters, say): the static part is a function
+            # of the treedef and the exact keys of its aux data, so remember it by those and
+            # skip building it (a dict of 20 arrays: ~3x raw jax.jit per call -> ~1.2x).
+            fields: list[Any] = []
+            tokens: list[Any] = []
+            _inspect(x, fields, tokens, [False])
+            key = (treedef, exact_keys(tuple(fields)), tuple(tokens))
+            try:
+                hash(key)
+            except TypeError:
+                pass  # an unhashable static: the general path explains it
+            else:
+                return _remembered(info, key, x, where), tuple(leaves)
     static, arrays = _make_static(x, where, memoise=False)
     return _intern(static), arrays
 
@@ -520,7 +544,8 @@ def _debug_info(fun: Any, statics: tuple[_Static, ...], labels: list[str]) -> An
             names.append(label)
         elif static.treedef.num_leaves <= _NAMED_LEAVES:
             tree = static.rebuild([_Slot()] * static.num_arrays)
-            paths = jtu.tree_flatten_with_path(tree, is_leaf=lambda x: type(x) is _Slot)[0]
+            # Tuples kept whole are leaves of the treedef: do not walk into them.
+            paths = jtu.tree_flatten_with_path(tree, is_leaf=lambda x: type(x) is _Slot or _is_whole(x))[0]
             names.extend(python_path(path, label) for path, leaf in paths if type(leaf) is _Slot)
         else:
             names.extend(f"{label}<array {i} of {static.num_arrays}>" for i in range(static.num_arrays))

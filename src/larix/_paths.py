@@ -68,7 +68,7 @@ class _Everything:
 
 
 try:  # the types registered with their own flatten: a NamedTuple among them may reorder
-    from jax._src.tree_util import _registry as CUSTOM_NODES
+    from jax._src.tree_util import _registry as CUSTOM_NODES  # noqa: N812
 except ImportError:  # pragma: no cover - a JAX that moved it: treat every namedtuple as custom
     CUSTOM_NODES = _Everything()  # type: ignore[assignment]
 
