@@ -1087,3 +1087,27 @@ def test_statics_equal_by_value_but_not_by_type_or_sign_do_not_share_a_trace():
         _, angle, name = f(jnp.ones(()), s)
         assert math.copysign(1.0, float(angle)) == math.copysign(1.0, math.atan2(s[0], -1.0))
         assert name == type(s[1]).__name__
+
+
+def test_lowered_compile_takes_compiler_options_and_exposes_jax_stages():
+    lowered = larix.filter_jit(lambda x: x * 2).lower(jnp.ones(3))
+    assert "stablehlo" in str(lowered.compiler_ir())
+    compiled = lowered.compile(compiler_options={"xla_cpu_enable_fast_math": False})
+    np.testing.assert_array_equal(compiled(jnp.ones(3)), 2 * np.ones(3))
+    assert callable(compiled.memory_analysis)  # delegated to jax.stages.Compiled
+    with pytest.raises(AttributeError):
+        compiled.no_such_attribute  # noqa: B018
+
+
+def test_aot_compiled_call_refuses_other_statics_after_clear_caches():
+    class K(larix.Module):
+        w: Any
+        k: int = larix.field(static=True)
+
+    compiled = larix.filter_jit(lambda m: m.w * m.k).lower(K(jnp.array(1.0), 2)).compile()
+    larix.clear_caches()
+    gc.collect()
+    for k in range(3, 300):  # give the freed static part's id every chance to be reused
+        with pytest.raises(TypeError, match="lowered for arguments with other static values"):
+            compiled(K(jnp.array(1.0), k))
+    assert compiled(K(jnp.array(1.0), 2)) == 2.0

@@ -908,13 +908,18 @@ class _Lowered:
     def __init__(self, wrapper: _JitWrapper, key: Any, entry: _Entry, lowered: Any):
         self._wrapper, self._key, self._entry, self.lowered = wrapper, key, entry, lowered
 
-    def as_text(self) -> str:
-        return self.lowered.as_text()
+    def as_text(self, *args: Any, **kwargs: Any) -> str:
+        return self.lowered.as_text(*args, **kwargs)
 
-    def compile(self) -> _Compiled:
+    def compile(self, compiler_options: dict[str, Any] | None = None) -> _Compiled:
+        """Compile, as `jax.stages.Lowered.compile` (which takes the same `compiler_options`)."""
         with _Quietly() if self._wrapper._quiet_donation else contextlib.nullcontext():
-            compiled = self.lowered.compile()
+            compiled = self.lowered.compile(compiler_options=compiler_options)
         return _Compiled(self._wrapper, self._key, self._entry, compiled)
+
+    def __getattr__(self, name: str) -> Any:
+        # The rest of jax.stages.Lowered (compiler_ir, cost_analysis, ...), as it is.
+        return getattr(self.__dict__["lowered"], name)
 
 
 class _Compiled:
@@ -934,6 +939,10 @@ class _Compiled:
 
     def cost_analysis(self) -> Any:
         return self.compiled.cost_analysis()
+
+    def __getattr__(self, name: str) -> Any:
+        # The rest of jax.stages.Compiled (memory_analysis, runtime_executable, ...).
+        return getattr(self.__dict__["compiled"], name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key, arrays, _ = self._wrapper._key(args, kwargs)
