@@ -302,3 +302,23 @@ def test_pair_gradient_with_module_inside_tuple():
     tree = (Pair(jnp.array(2.0), "s"), jnp.array(3))
     grad = larix.filter_grad(lambda t: t[0].a ** 2 * t[1])(tree)
     assert float(grad[0].a) == 12.0 and grad[0].b is None and grad[1] is None
+
+
+def test_trainable_part_chosen_by_a_mistyped_path_warns_before_a_gradient_of_nothing():
+    # Equinox's idiom: partition the model, differentiate the first part. A typo in a path
+    # pattern would train nothing, silently; the partition warns instead.
+    model = make_linear()
+    with pytest.warns(UserWarning) as caught:
+        trainable, frozen = larix.partition(model, larix.by_path("wieght"))
+    message = str(caught[0].message)
+    assert message.startswith("larix.by_path('wieght') selects no leaf of this tree")
+    assert "did you mean 'weight'?" in message
+
+    @larix.filter_grad
+    def grad_fn(trainable, frozen, x):
+        return _loss(larix.combine(trainable, frozen), x)
+
+    assert jtu.tree_leaves(grad_fn(trainable, frozen, jnp.ones(4))) == []  # what the warning prevents
+    trainable, frozen = larix.partition(model, larix.by_path("weight"))
+    grads = grad_fn(trainable, frozen, jnp.ones(4))
+    assert grads.weight.shape == model.weight.shape and grads.bias is None

@@ -217,6 +217,25 @@ def test_by_path_errors(bad):
         larix.by_path(*bad)
 
 
+def test_by_path_allow_empty_is_keyword_only_and_changes_no_match():
+    quiet, loud = larix.by_path("layer.*", allow_empty=True), larix.by_path("layer.*")
+    assert (quiet.allow_empty, loud.allow_empty) == (True, False)
+    for path in ("layer.0", "layers.0", "layer"):
+        assert quiet.match(path, 0) == loud.match(path, 0)
+    with pytest.raises(TypeError, match=r"larix\.by_path takes glob strings"):
+        larix.by_path("layer.*", True)
+
+
+def test_by_path_mistakes_are_found_only_for_patterns_that_match_nothing():
+    paths = ["layers.0.weight", "layers.1.weight", "head.bias"]
+    names = {s for p in paths for s in p.split(".")}
+    f = larix.by_path("**.weight", "layer.*.weight", "**.norm", re.compile("nothing"))
+    assert f._mistakes(paths, names) == [
+        "the tree has no 'layer' (did you mean 'layers'?); 'layers.*.weight' would select "
+        "'layers.0.weight', 'layers.1.weight'"
+    ]
+
+
 # --------------------------------------------------------------------------- combinators
 
 

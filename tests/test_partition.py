@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -236,7 +239,7 @@ def test_bad_later_spec_raises_even_when_earlier_specs_take_every_leaf():
     with pytest.raises(ValueError, match=r"Filter spec 1 is not a pytree prefix.*at tree\['b'\]"):
         larix.partition(tree, True, {"a": True, "b": (True, False)})
     with pytest.raises(ValueError, match=r"Invalid filter spec at the root of the filter spec: 3"):
-        larix.partition(tree, True, 3)
+        larix.partition(tree, True, False, 3)  # (a third-argument 3 would be Equinox's `replace`)
     with pytest.raises(ValueError, match=r"Invalid filter spec at filter_spec\['b'\]\[1\]: 3"):
         larix.partition(tree, larix.by_path("b.1"), {"a": True, "b": [True, 3]})
     with pytest.raises(ValueError, match=r"Invalid filter spec at filter_spec\['b'\]: 'x'"):
@@ -379,3 +382,195 @@ def test_partition_matches_equinox_on_random_trees(tree, spec):
         assert all(
             x is y for x, y in zip(jtu.tree_leaves(a, is_leaf=is_none), jtu.tree_leaves(b, is_leaf=is_none))
         )
+
+
+# --------------------------------------------------------------------------- Equinox's positional `replace`
+
+
+@pytest.mark.parametrize("replace", [None, 0, float("nan"), "-", jnp.zeros(())], ids=repr)
+def test_positional_replace_is_a_type_error_that_shows_the_keyword(replace):
+    # Equinox's signature is partition(pytree, filter_spec, replace=None, is_leaf=None);
+    # larix reads a third positional argument as a second filter spec.
+    tree = {"w": jnp.ones(2), "n": 3}
+    with pytest.raises(TypeError) as info:
+        larix.partition(tree, larix.is_array, replace)
+    message = str(info.value)
+    assert "the third positional argument" in message and "is not a filter spec" in message
+    assert "`replace` and `is_leaf` are keyword-only" in message
+    assert "write `larix.partition(pytree, filter_spec, replace=" in message
+
+
+def test_positional_replace_message_texts():
+    tree = {"w": jnp.ones(2), "n": 3}
+    with pytest.raises(TypeError) as info:
+        larix.partition(tree, larix.is_array, None)
+    assert str(info.value) == (
+        "larix.partition: the third positional argument, None, is not a filter spec. In Equinox "
+        "it is `replace`, but larix reads further positional arguments as further filter specs "
+        "(an n-way partition), so `replace` and `is_leaf` are keyword-only: write "
+        "`larix.partition(pytree, filter_spec, replace=None)`."
+    )
+    with pytest.raises(TypeError, match=r"replace=None, is_leaf=\.\.\.\)`\.$"):
+        larix.partition(tree, larix.is_array, None, lambda x: False)  # Equinox's positional is_leaf
+
+
+def test_legitimate_second_filter_specs_are_not_taken_for_replace():
+    tree = {"a": 1.5, "b": [2, "s"]}
+    assert larix.partition(tree, larix.by_type(float), True)[1] == {"a": None, "b": [2, "s"]}
+    assert larix.partition(tree, False, lambda x: isinstance(x, int))[1] == {"a": None, "b": [2, None]}
+    assert larix.partition(tree, False, {"a": False, "b": [True, False]})[1] == {"a": None, "b": [2, None]}
+    assert larix.partition(tree, False, larix.by_type(str))[1] == {"a": None, "b": [None, "s"]}
+    # a pytree that is not a valid spec keeps its own error
+    with pytest.raises(ValueError, match=r"Invalid filter spec at filter_spec\['b'\]: 3"):
+        larix.partition(tree, False, {"a": True, "b": 3})
+    # replace by keyword, as larix wants it
+    assert larix.partition(tree, larix.by_type(float), replace="-")[0] == {"a": 1.5, "b": ["-", "-"]}
+
+
+def test_positional_replace_check_matches_equinox_when_written_by_keyword():
+    eqx = pytest.importorskip("equinox")
+    tree = {"w": jnp.ones(2), "n": 3}
+    ours = larix.partition(tree, larix.is_array, replace=0)
+    theirs = eqx.partition(tree, eqx.is_array, 0)
+    assert ours[0]["n"] == theirs[0]["n"] == 0 and ours[1]["w"] == theirs[1]["w"] == 0
+
+
+# --------------------------------------------------------------------------- path filters that select nothing
+
+
+class _Layer(larix.Module):
+    weight: jax.Array
+    bias: jax.Array
+
+
+class _MLP(larix.Module):
+    layers: list
+    step: int = 0
+
+
+def _mlp(use_bias=True):
+    def bias():
+        return jnp.zeros(2) if use_bias else None
+
+    return _MLP([_Layer(jnp.ones((2, 2)), bias()) for _ in range(3)])
+
+
+_FIX = (
+    "If selecting nothing is intended, pass `larix.by_path(..., allow_empty=True)`, or silence this "
+    'with `warnings.filterwarnings("ignore", message="larix.by_path")`.'
+)
+
+
+def test_mistyped_name_in_path_pattern_warns_with_the_fix():
+    with pytest.warns(UserWarning) as caught:
+        params, _ = larix.partition(_mlp(), larix.by_path("layer.*.weight"))
+    assert jtu.tree_leaves(params) == []  # the result is unchanged: nothing selected
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        "larix.by_path('layer.*.weight') selects no leaf of this tree: the tree has no 'layer' "
+        "(did you mean 'layers'?); 'layers.*.weight' would select 'layers.0.weight', "
+        "'layers.1.weight', 'layers.2.weight'.\n" + _FIX
+    )
+    assert caught[0].filename == __file__  # points at the caller's line
+
+
+@pytest.mark.parametrize(
+    ("pattern", "explained"),
+    [
+        ("**.wieght", "no 'wieght' (did you mean 'weight'?); '**.weight' would select 'layers.0.weight'"),
+        ("layers.*.bais", "no 'bais' (did you mean 'bias'?); 'layers.*.bias' would select 'layers.0.bias'"),
+        # every name exists, but the path does not: a missing index
+        (
+            "layers.weight",
+            "every name in 'layers.weight' occurs in the tree, but no path is 'layers.weight'; "
+            "close paths: 'layers.2.weight', 'layers.1.weight', 'layers.0.weight'",
+        ),
+        # a missing prefix, and a subtree named as if it were a leaf
+        ("bias", "no path is 'bias'; '**.bias' would select 'layers.0.bias', 'layers.1.bias', 'layers.2.bias'"),
+        ("layers", "'layers.**' would select 'layers.0.weight', 'layers.0.bias', 'layers.1.weight' and 3 more"),
+    ],
+)
+def test_mistaken_path_patterns_warn(pattern, explained):
+    with pytest.warns(UserWarning, match=r"larix\.by_path") as caught:
+        larix.partition(_mlp(), larix.by_path(pattern))
+    message = str(caught[0].message)
+    assert message.startswith(f"larix.by_path({pattern!r}) selects no leaf of this tree: ")
+    assert explained in message
+    assert message.endswith(_FIX)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        larix.by_path("**.bias"),  # a model without biases: generic code does this on purpose
+        larix.by_path("**.norm.**"),  # a name the tree lacks, close to none of its names
+        larix.by_path("layers.7.weight"),  # an index the tree does not have
+        larix.by_path("*"),  # wildcards only
+        larix.by_path("layers.*.*.weight"),  # wildcards that happen to match nothing
+        larix.by_path(re.compile(r"layer\.\d+\.weight")),  # regular expressions are not guessed at
+        larix.by_path("layer.*.weight", allow_empty=True),  # the user said so
+        ~larix.by_path("layer.*.weight"),  # selects more, not nothing
+        larix.is_inexact_array & larix.by_path("step"),  # the pattern matches; the predicate does not
+        larix.by_path("**.weight", "**.wieght"),  # selects something
+    ],
+    ids=repr,
+)
+def test_no_warning_when_selecting_nothing_is_plausible(spec):
+    larix.partition(_mlp(use_bias=False), spec)  # warnings are errors in this suite
+
+
+def test_empty_tree_never_warns():
+    assert larix.partition({}, larix.by_path("layer.*.weight")) == ({}, {})
+    assert larix.partition([None, ()], larix.by_path("bias")) == ([None, ()], [None, ()])
+
+
+@pytest.mark.parametrize(
+    ("call", "which"),
+    [
+        (lambda m, f: larix.filter(m, f), ""),
+        (lambda m, f: larix.partition(m, larix.is_array & f), ""),
+        (lambda m, f: larix.partition(m, larix.by_type(str), f), " (filter spec 1)"),
+        (lambda m, f: larix.partition(m, _MLP(f, step=False)), ""),  # a leaf of a prefix spec
+        # an earlier spec took every leaf: whether a typo warns must not depend on that
+        (lambda m, f: larix.partition(m, True, f), " (filter spec 1)"),
+        (lambda m, f: larix.split(m, f), ""),
+        (lambda m, f: larix.split(m, larix.by_path("**.bias"), f), " (filter spec 1)"),
+    ],
+)
+def test_every_way_of_using_a_spec_warns(call, which):
+    with pytest.warns(UserWarning) as caught:
+        call(_mlp(), larix.by_path("layer.*.weight"))
+    assert len(caught) == 1
+    assert str(caught[0].message).startswith(f"larix.by_path('layer.*.weight'){which} selects no leaf")
+    assert caught[0].filename == __file__  # the user's line, also through split
+
+
+def test_several_mistaken_patterns_in_one_spec_are_all_named():
+    with pytest.warns(UserWarning) as caught:
+        larix.partition(_mlp(), larix.by_path("layer.*.weight") | larix.by_path("lyers.0.bias", "bias"))
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "larix.by_path('layer.*.weight') selects no leaf of this tree: the tree has no 'layer'" in message
+    assert (
+        "larix.by_path('lyers.0.bias', 'bias') selects no leaf of this tree: the tree has no 'lyers' "
+        "(did you mean 'layers'?); 'layers.0.bias' would select 'layers.0.bias'; and every name in 'bias'"
+    ) in message
+
+
+def test_warning_can_be_silenced_by_a_filter():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="larix.by_path")
+        larix.partition(_mlp(), larix.by_path("layer.*.weight"))
+
+
+def test_check_costs_nothing_when_something_is_selected(monkeypatch):
+    import larix._partition as partition_module
+
+    def fail(*args):
+        raise AssertionError("the mistake check ran although the spec selected leaves")
+
+    monkeypatch.setattr(partition_module, "path_filter_mistakes", fail)
+    larix.partition(_mlp(), larix.by_path("layers.*.weight"))
+    larix.partition(_mlp(), larix.is_array, larix.by_type(str))  # no path filters at all
+    with pytest.raises(AssertionError, match="mistake check ran"):
+        larix.partition(_mlp(), larix.by_path("layer.*.weight"))

@@ -156,17 +156,99 @@ def test_tree_at_static_field_is_explained():
     assert "Static fields are part of the structure" in message
 
 
-def test_tree_at_replace_count_mismatch():
-    with pytest.raises(ValueError, match=r"selected 2 nodes, so `replace` must be a sequence of 2 values"):
+def test_tree_at_replace_count_mismatch_is_value_error():
+    with pytest.raises(ValueError) as info:
         larix.tree_at(lambda t: (t[0], t[1]), [1, 2], (5,))
-    with pytest.raises(ValueError, match="sequence of 2 values"):
-        larix.tree_at(lambda t: (t[0], t[1]), [1, 2], 5)
+    message = str(info.value)
+    assert "selected 2 nodes, so `replace` must be a sequence of 2 values" in message
+    assert "got 1: (5,)" in message
 
 
-def test_tree_at_ambiguous_empty_node():
-    tree = {"a": (), "b": ()}
-    with pytest.raises(ValueError, match=r"empty node \(such as `\(\)`\).*Select its parent"):
-        larix.tree_at(lambda t: t["a"], tree, 1)
+@pytest.mark.parametrize("replace", [5, np.array(7), None, object()])
+def test_tree_at_replace_without_length_is_type_error(replace):
+    # Regression: larix raised ValueError where Equinox raises TypeError.
+    with pytest.raises(TypeError) as info:
+        larix.tree_at(lambda t: (t[0], t[1]), [1, 2], replace)
+    message = str(info.value)
+    assert "selected 2 nodes, so `replace` must be a sequence of 2 values" in message
+    assert "which has no length" in message
+    assert "replace_fn=lambda _: value" in message  # the fix for one value everywhere
+
+
+def test_tree_at_replace_errors_have_equinox_types():
+    eqx = pytest.importorskip("equinox")
+    where = lambda t: (t[0], t[1])  # noqa: E731
+    for replace in (5, np.array(7), (5,), (1, 2, 3)):
+        with pytest.raises(Exception) as theirs:
+            eqx.tree_at(where, [1, 2, 3], replace)
+        with pytest.raises(Exception) as ours:
+            larix.tree_at(where, [1, 2, 3], replace)
+        assert type(ours.value) is type(theirs.value)
+
+
+@pytest.mark.parametrize(
+    "replace",
+    ["ab", [7, 8], np.array([7, 8]), jnp.array([7.0, 8.0]), {"x": 1, "y": 2}, range(7, 9)],
+    ids=["str", "list", "numpy", "jax", "dict", "range"],
+)
+def test_tree_at_replace_is_anything_with_a_length_like_equinox(replace):
+    eqx = pytest.importorskip("equinox")
+    ours = larix.tree_at(lambda t: (t[0], t[1]), [1, 2, 3], replace)
+    theirs = eqx.tree_at(lambda t: (t[0], t[1]), [1, 2, 3], replace)
+    assert larix.tree_equal(ours, theirs, typematch=True) is not False
+    assert ours[2] == 3 and all(bool(a == b) for a, b in zip(ours, theirs))
+
+
+@pytest.mark.parametrize(
+    ("where", "tree", "replace"),
+    [
+        (lambda t: t[1], [(), ()], 5),
+        (lambda t: t["a"], {"a": (), "b": ()}, 1),
+        (lambda t: (t[0], t[1]), [(), ()], (5, 6)),
+        (lambda t: t[0][1], [(1, ()), ()], "x"),
+        (lambda t: t, (), 5),
+        (lambda t: (), [(), 1], ()),  # `where` returns no node at all
+    ],
+)
+def test_tree_at_selects_one_of_several_empty_tuples_like_equinox(where, tree, replace):
+    # Regression: Python shares one `()` object, so larix called such a selection
+    # ambiguous; Equinox tells the positions apart, and so does larix now.
+    eqx = pytest.importorskip("equinox")
+    ours = larix.tree_at(where, tree, replace)
+    assert ours == eqx.tree_at(where, tree, replace)
+    assert jtu.tree_structure(ours) == jtu.tree_structure(eqx.tree_at(where, tree, replace))
+
+
+def test_tree_at_where_using_tree_functions_does_not_see_empty_tuples_as_leaves():
+    tree = {"a": 1, "b": (), "c": [2, ()]}
+    new = larix.tree_at(lambda t: jtu.tree_leaves(t), tree, [10, 20])
+    assert new == {"a": 10, "b": (), "c": [20, ()]}
+    assert jtu.tree_structure(new) == jtu.tree_structure(tree)
+
+
+def test_tree_at_empty_tuple_with_replace_fn_sees_the_empty_tuple():
+    seen = []
+    new = larix.tree_at(lambda t: t["b"], {"a": (), "b": ()}, replace_fn=lambda old: seen.append(old) or [0])
+    assert new == {"a": (), "b": [0]}
+    assert seen == [()] and type(seen[0]) is tuple  # the original, not the stand-in
+
+
+class _Interned:
+    """A childless pytree node whose unflatten always returns the same object."""
+
+
+_INTERNED = _Interned()
+jtu.register_pytree_node(_Interned, lambda x: ((), None), lambda aux, children: _INTERNED)
+
+
+def test_tree_at_node_that_unflattens_to_a_shared_object_is_ambiguous():
+    with pytest.raises(ValueError) as info:
+        larix.tree_at(lambda t: t[0], [_INTERNED, _INTERNED], 1)
+    message = str(info.value)
+    assert "a _Interned node that occurs more than once in the tree as the very same object" in message
+    assert "Select its parent instead" in message
+    # once in the tree, it has one position
+    assert larix.tree_at(lambda t: t[0], [_INTERNED, 1], 0) == [0, 1]
     # an empty list is a fresh object, so it can be selected
     assert larix.tree_at(lambda t: t["a"], {"a": [], "b": []}, 1) == {"a": 1, "b": []}
 
@@ -201,8 +283,7 @@ def test_tree_at_replace_then_read_round_trip(tree, data):
 
 @given(pytrees, st.data())
 def test_tree_at_replace_any_node_round_trip(tree, data):
-    # `()` is a singleton, so selecting it is ambiguous when it occurs twice (tested above).
-    nodes = [(p, n) for p, n in node_paths(tree) if not (type(n) is tuple and len(n) == 0)]
+    nodes = node_paths(tree)  # empty tuples included, though Python shares one `()`
     if not nodes:
         return
     path, node = data.draw(st.sampled_from(nodes))
@@ -285,11 +366,132 @@ def test_tree_equal_is_symmetric(a, b):
     assert bool(larix.tree_equal(a, b)) == bool(larix.tree_equal(b, a))
 
 
-@given(pytrees, pytrees)
-def test_tree_equal_matches_equinox(a, b):
+def _same_result(ours, theirs):
+    """Equal results of the same kind: both Python bools, or both JAX boolean scalars."""
+    if isinstance(theirs, bool):
+        return type(ours) is bool and ours == theirs
+    return isinstance(ours, jax.Array) and ours.shape == () and bool(ours) == bool(theirs)
+
+
+_EQUAL_CASES = [
+    ((1, 1), {}),
+    ((1, 2), {}),
+    ((np.ones(2), np.ones(2)), {}),
+    ((np.ones(2), np.zeros(2)), {}),
+    ((np.float32(1), np.float32(1)), {}),
+    ((np.float32(1), np.array(1, np.float32)), {}),
+    ((np.float32(1), 1.0), {}),
+    ((jnp.ones(2), jnp.ones(2)), {}),
+    ((jnp.ones(2), jnp.zeros(2)), {}),
+    ((np.ones(2, np.float32), jnp.ones(2)), {}),
+    ((jnp.ones(2), np.ones(2, np.float32)), {"typematch": True}),
+    (([np.ones(1), jnp.ones(2)], [np.zeros(1), jnp.ones(2)]), {}),
+    (([1, jnp.ones(2)], [1, jnp.ones(2)]), {}),
+    ((jnp.ones(()), 1.0), {}),
+    ((1, True), {}),
+    ((1, True), {"typematch": True}),
+    ((float("nan"), float("nan")), {}),
+    ((jnp.arange(3), jnp.arange(3) + 1), {"atol": 5}),
+    ((np.arange(3), np.arange(3) + 1), {"atol": 5}),
+    ((jnp.ones(2), jnp.ones(2) + 1e-3), {"atol": 1e-2}),
+    ((np.ones(2), np.ones(2) + 1e-3), {"rtol": 1e-2}),
+    ((np.ones(2), np.ones(2) + 1e-3), {"rtol": jnp.array(1e-2)}),
+    ((np.ones(2), np.ones(2) + 1e-3), {"rtol": jnp.array(0.0)}),
+    ((jnp.ones(2, jnp.bfloat16), jnp.ones(2, jnp.bfloat16) * 1.01), {"rtol": 1e-1}),
+    ((jax.random.key(0), jax.random.key(0)), {}),
+    ((None, None), {}),
+    (("a", "a"), {}),
+]
+
+
+@pytest.mark.parametrize(("trees", "kwargs"), _EQUAL_CASES)
+def test_tree_equal_result_and_its_type_match_equinox(trees, kwargs):
+    # Regression: two NumPy arrays gave a NumPy bool (Equinox: a Python bool), and
+    # tolerances were applied to integer arrays (Equinox compares them exactly).
     eqx = pytest.importorskip("equinox")
-    assert bool(larix.tree_equal(a, b)) == bool(eqx.tree_equal(a, b))
-    assert bool(larix.tree_equal(a, b, typematch=True)) == bool(eqx.tree_equal(a, b, typematch=True))
+    ours, theirs = larix.tree_equal(*trees, **kwargs), eqx.tree_equal(*trees, **kwargs)
+    assert _same_result(ours, theirs), (ours, theirs)
+
+
+def test_tree_equal_return_types():
+    assert larix.tree_equal({"n": 1, "w": np.ones(2)}, {"n": 1, "w": np.ones(2)}) is True
+    assert larix.tree_equal(np.ones(2), np.zeros(2)) is False
+    out = larix.tree_equal(jnp.ones(2), jnp.ones(2))
+    assert isinstance(out, jax.Array) and out.dtype == jnp.bool_ and out.shape == ()
+    # a JAX value difference is an array (it may be traced), not an early False
+    assert larix.tree_equal(jnp.ones(2), jnp.zeros(2)) is not False
+    assert not bool(larix.tree_equal(jnp.ones(2), jnp.zeros(2)))
+
+
+def test_tree_equal_tolerances_apply_to_inexact_arrays_only():
+    assert larix.tree_equal(np.arange(3), np.arange(3) + 1, atol=5) is False
+    assert not bool(larix.tree_equal(jnp.arange(3), jnp.arange(3) + 1, atol=5))
+    assert larix.tree_equal(np.ones(2), np.ones(2) + 1e-3, atol=1e-2) is True
+    assert bool(larix.tree_equal(jnp.ones(2), jnp.ones(2) + 1e-3, rtol=1e-2))
+
+
+def test_tree_equal_with_traced_tolerances():
+    # Regression: a traced rtol raised TracerBoolConversionError.
+    @jax.jit
+    def f(rtol):
+        return (
+            larix.tree_equal(jnp.ones(2), jnp.ones(2) + 1e-3, rtol=rtol),
+            larix.tree_equal(np.ones(2), np.ones(2) + 1e-3, rtol=rtol),
+        )
+
+    close, close_np = f(1e-2)
+    assert bool(close) and bool(close_np)
+    far, far_np = f(0.0)
+    assert not bool(far) and not bool(far_np)
+
+
+def test_tree_equal_with_scalars():
+    assert larix.tree_equal(1, 1.0) is True
+    assert larix.tree_equal(1, 1.0, typematch=True) is False
+    assert larix.tree_equal(1.0, 1.0 + 1e-9, atol=1e-3) is False  # Python floats use ==
+    assert larix.tree_equal(np.float32(1), 1.0) is False  # an array is not a Python float
+    assert larix.tree_equal(np.float64(1), np.float64(1 + 1e-9), atol=1e-6) is True
+    assert bool(larix.tree_equal(jnp.float32(1), jnp.float32(1)))
+
+
+@given(pytrees, pytrees, st.sampled_from([{}, {"typematch": True}, {"atol": 1e-3}, {"rtol": 1e-2}]))
+def test_tree_equal_matches_equinox(a, b, kwargs):
+    eqx = pytest.importorskip("equinox")
+    assert _same_result(larix.tree_equal(a, b, **kwargs), eqx.tree_equal(a, b, **kwargs))
+    assert _same_result(larix.tree_equal(a, a, **kwargs), eqx.tree_equal(a, a, **kwargs))
+
+
+# --------------------------------------------------------------------------- tree_allclose
+
+
+def _equinox_tree_allclose(x, y, *, rtol=1e-5, atol=1e-8):
+    # The helper of Equinox's test suite (tests/helpers.py), which larix.tree_allclose matches.
+    eqx = pytest.importorskip("equinox")
+    return eqx.tree_equal(x, y, typematch=True, rtol=rtol, atol=atol)
+
+
+def test_tree_allclose():
+    a = {"w": jnp.ones(3), "n": 2}
+    assert bool(larix.tree_allclose(a, {"w": jnp.ones(3) + 1e-7, "n": 2}))
+    assert not bool(larix.tree_allclose(a, {"w": jnp.ones(3) + 1e-3, "n": 2}))
+    assert bool(larix.tree_allclose(a, {"w": jnp.ones(3) + 1e-3, "n": 2}, atol=1e-2))
+    assert bool(larix.tree_allclose(a, {"w": jnp.ones(3) * 1.001, "n": 2}, rtol=1e-2))
+    assert larix.tree_allclose(a, {"w": jnp.ones(3), "n": 3}) is False
+    # leaf types must match, as in Equinox's helper
+    assert larix.tree_allclose(1, 1.0) is False
+    assert larix.tree_allclose(jnp.ones(2), np.ones(2, np.float32)) is False
+    assert larix.tree_allclose(np.ones(2), np.ones(2) + 1e-9) is True
+
+
+def test_tree_allclose_tolerances_are_keyword_only():
+    with pytest.raises(TypeError):
+        larix.tree_allclose(1.0, 1.0, 1e-3)  # type: ignore[misc]
+
+
+@given(pytrees, pytrees)
+def test_tree_allclose_matches_equinox_helper(a, b):
+    assert _same_result(larix.tree_allclose(a, b), _equinox_tree_allclose(a, b))
+    assert _same_result(larix.tree_allclose(a, a, atol=1.0), _equinox_tree_allclose(a, a, atol=1.0))
 
 
 # --------------------------------------------------------------------------- apply_updates

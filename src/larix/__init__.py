@@ -27,6 +27,11 @@ from ._flat import Skeleton as Skeleton
 from ._flat import merge as merge
 from ._flat import split as split
 from ._frozen import Frozen as Frozen
+from ._intercept import MethodContext as MethodContext
+from ._intercept import capture as capture
+from ._intercept import intercept_methods as intercept_methods
+from ._intercept import named_scopes as named_scopes
+from ._intercept import sow as sow
 from ._jit import clear_caches as clear_caches
 from ._jit import filter_jit as filter_jit
 from ._jvp_vjp import filter_jvp as filter_jvp
@@ -57,6 +62,7 @@ from ._shard import filter_shard as filter_shard
 from ._shard import named_shardings as named_shardings
 from ._tree import apply_updates as apply_updates
 from ._tree import if_array as if_array
+from ._tree import tree_allclose as tree_allclose
 from ._tree import tree_at as tree_at
 from ._tree import tree_check as tree_check
 from ._tree import tree_equal as tree_equal

@@ -15,6 +15,7 @@ one of:
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from typing import Any
@@ -218,9 +219,18 @@ class by_path(Filter):  # noqa: N801 - reads as a function at the call site
     every bias and `"encoder.**"` everything below `encoder`. A compiled `re.Pattern` is
     matched against the whole path instead.
 
+    A spec that selects no leaf because of a mistaken glob pattern warns when it is used:
+    when a name in the pattern is missing from the tree but close to one that is there
+    (`layer.*.weight` for `layers`), or when a pattern without wildcards names segments
+    that all exist but no path they form (`layers.weight` for `layers.0.weight`). A
+    pattern that names something the tree lacks altogether (`**.bias` on a model without
+    biases) selects nothing silently. See [Filters](../filters.md#when-a-path-filter-selects-nothing).
+
     **Arguments:**
 
     - `*patterns`: glob strings or compiled regular expressions.
+    - `allow_empty`: keyword-only; `True` to say that selecting nothing is intended, which
+      turns the warning off for this filter.
 
     !!! example
         ```python
@@ -234,7 +244,7 @@ class by_path(Filter):  # noqa: N801 - reads as a function at the call site
 
     uses_path = True
 
-    def __init__(self, *patterns: str | re.Pattern[str]):
+    def __init__(self, *patterns: str | re.Pattern[str], allow_empty: bool = False):
         if not patterns:
             raise TypeError("larix.by_path takes at least one pattern, e.g. by_path('**.bias').")
         compiled = []
@@ -248,6 +258,7 @@ class by_path(Filter):  # noqa: N801 - reads as a function at the call site
                     f"larix.by_path takes glob strings or re.Pattern objects, got {p!r}."
                 )
         self.patterns = patterns
+        self.allow_empty = allow_empty
         self._compiled = compiled
 
     def match(self, path: str, leaf: Any) -> bool:
@@ -259,6 +270,90 @@ class by_path(Filter):  # noqa: N801 - reads as a function at the call site
 
     def __repr__(self) -> str:
         return f"by_path({', '.join(map(repr, self.patterns))})"
+
+    def _mistakes(self, paths: list[str], names: set[str]) -> list[str]:
+        """Explain each glob pattern that matches none of `paths` and looks mistaken.
+
+        `names` holds the segments of `paths`. Regular expressions are never reported:
+        larix cannot tell what they meant. Only called once a filter spec has selected
+        nothing, so its cost does not touch the common case.
+        """
+        found = []
+        for pattern, compiled in zip(self.patterns, self._compiled):
+            if isinstance(pattern, re.Pattern) or any(compiled.fullmatch("." + p) for p in paths):
+                continue
+            why = _explain_glob_miss(pattern, paths, names)
+            if why is not None:
+                found.append(why)
+        return found
+
+
+def _quote(items: list[str], limit: int = 3) -> str:
+    shown = ", ".join(repr(x) for x in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _explain_glob_miss(pattern: str, paths: list[str], names: set[str]) -> str | None:
+    """Why `pattern`, which matches none of `paths`, looks like a mistake; `None` if it does not."""
+    segments = pattern.split(".")
+    literal = [s for s in segments if "*" not in s and "?" not in s]
+    missing = [s for s in literal if s not in names]
+    if any(s.isdigit() for s in missing):
+        return None  # an index this tree does not have (`layers.7`): not a typo of `layers.1`
+    if missing:
+        candidates = [n for n in names if not n.isdigit()]
+        fixes = {s: difflib.get_close_matches(s, candidates, n=1, cutoff=0.75) for s in missing}
+        if not all(fixes.values()):
+            return None  # it names something this tree lacks, such as `bias`: often on purpose
+        fixed = ".".join(fixes[s][0] if s in fixes else s for s in segments)
+        hits = [p for p in paths if _compile_glob(fixed).fullmatch("." + p)]
+        names_text = ", ".join(f"no {s!r} (did you mean {fixes[s][0]!r}?)" for s in missing)
+        text = f"the tree has {names_text}"
+        if hits:
+            text += f"; {fixed!r} would select {_quote(hits)}"
+        return text
+    if len(literal) < len(segments):
+        return None  # wildcards that happen to match nothing: generic code does this on purpose
+    # Every name in it exists, but no path is spelled this way: a missing index
+    # (`layers.weight`) or a missing prefix (`bias` for `encoder.bias`).
+    text = f"every name in {pattern!r} occurs in the tree, but no path is {pattern!r}"
+    for wider in (f"**.{pattern}", f"{pattern}.**"):
+        hits = [p for p in paths if _compile_glob(wider).fullmatch("." + p)]
+        if hits:
+            return f"{text}; {wider!r} would select {_quote(hits)}"
+    close = difflib.get_close_matches(pattern, paths, n=3, cutoff=0.6)
+    return f"{text}; close paths: {_quote(close)}" if close else text
+
+
+def path_filter_mistakes(spec_leaves: list[Any], paths: list[str]) -> list[tuple[by_path, list[str]]]:
+    """The `by_path` filters of a spec that selected no leaf, whose patterns look mistaken.
+
+    Only filters whose match would *add* leaves are looked at: a `by_path` under `~`
+    that matches nothing makes its spec select more, never nothing.
+    """
+    filters: list[by_path] = []
+    for leaf in spec_leaves:
+        if isinstance(leaf, Filter):
+            filters.extend(f for f in _selecting_path_filters(leaf, True) if not f.allow_empty)
+    if not filters:
+        return []
+    names = {s for p in paths for s in p.split(".")}
+    found = []
+    for f in filters:
+        reasons = f._mistakes(paths, names)
+        if reasons:
+            found.append((f, reasons))
+    return found
+
+
+def _selecting_path_filters(f: Filter, positive: bool) -> list[by_path]:
+    if isinstance(f, by_path):
+        return [f] if positive else []
+    if isinstance(f, _And | _Or):
+        return _selecting_path_filters(f.left, positive) + _selecting_path_filters(f.right, positive)
+    if isinstance(f, _Not):
+        return _selecting_path_filters(f.inner, not positive)
+    return []
 
 
 @_FunctionFilter

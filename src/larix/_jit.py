@@ -23,7 +23,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from . import _flat
+from . import _flat, _intercept
 from ._errors import from_compiled
 from ._exact import exact_key, exact_keys
 from ._filters import is_array
@@ -703,6 +703,15 @@ class _JitWrapper:
             key.append(id(static))
             arrays.extend(arrs)
             parts.append(static)
+        if _intercept.ACTIVE[0] and (interceptors := _intercept.current_interceptors()):
+            if _intercept._LOCAL.captures:
+                raise RuntimeError(
+                    f"{self!r} was called inside larix.capture: the values of its Module calls "
+                    "would be traced inside jit and could not be returned. Capture inside it "
+                    "instead: `filter_jit(larix.capture(fn, ...))`."
+                )
+            # Traced under interceptors, the compiled code differs: not the same entry.
+            key.append(("intercepted by", interceptors))
         return tuple(key), arrays, parts
 
     def make_call(self) -> Callable[..., Any]:
@@ -718,12 +727,13 @@ class _JitWrapper:
         info_get = self._info.get
         general = self._call
         concrete, modules, memo_name, array_id, epoch = _CONCRETE_ARRAY_TYPES, MODULE_TYPES, _JIT_MEMO, _ARRAY_ID, EPOCH
+        intercepting = _intercept.ACTIVE
 
         # A Module (or bound method) as `fun` is the first value of the key, as in `_key`.
         prefix = (self._fun,) if self._fun_is_module else ()
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            if kwargs:
+            if kwargs or intercepting[0]:
                 return general(args, kwargs)
             if len(args) == 1 and not prefix:  # f(model): one dict lookup, no key to build
                 a = args[0]
@@ -853,6 +863,8 @@ class _JitWrapper:
             return out_arrays[0] if out_static.bare else out_arrays
 
         fixed = _fixed_arity(traced, total)
+        # The name JAX gives the computation (`jit(loss)` in HLO and profiles).
+        fixed.__name__ = fixed.__qualname__ = getattr(self._fun, "__name__", type(self._fun).__name__)
         try:
             info = _debug_info(self._fun, statics, _argument_names(self._fun, num_args, kwnames, self._fun_is_module))
         except Exception:  # noqa: BLE001 - names are a courtesy: JAX then uses its own

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 import jax.tree_util as jtu
 
 from ._filters import is_array
+from ._intercept import call_method
 
 __all__ = [
     "AbstractClassVar",
@@ -108,6 +109,16 @@ def _is_classvar_annotation(annotation: Any) -> bool:
     if isinstance(annotation, str):
         return re.match(r"^(?:[\w.]*\.)?ClassVar\b", annotation.strip()) is not None
     return annotation is typing.ClassVar or getattr(annotation, "__origin__", None) is typing.ClassVar
+
+
+def _hooked_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`__call__` that runs through `call_method`: named scopes, interceptors, capture."""
+
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N807 - it is __call__
+        return call_method(fn, "__call__", self, args, kwargs)
+
+    functools.update_wrapper(__call__, fn)
+    return __call__
 
 
 class _MethodDescriptor:
@@ -284,6 +295,9 @@ class _ModuleMeta(abc.ABCMeta):
         for key, value in list(namespace.items()):
             if isinstance(value, types.FunctionType) and not (key.startswith("__") and key.endswith("__")):
                 namespace[key] = _MethodDescriptor(value)
+        call = namespace.get("__call__")
+        if isinstance(call, types.FunctionType) and namespace.get("__module__") != __name__:
+            namespace["__call__"] = _hooked_call(call)
 
         cls = super().__new__(mcs, name, bases, namespace, **kwargs)
         if namespace.get("__module__") == __name__ and name == "Module":
@@ -511,7 +525,8 @@ class BoundMethod(Module):
     __self__: Module
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.__func__(self.__self__, *args, **kwargs)
+        fn = self.__func__
+        return call_method(fn, getattr(fn, "__name__", "method"), self.__self__, args, kwargs)
 
     @property
     def __wrapped__(self) -> Callable[..., Any]:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
+import reprlib
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax.tree_util as jtu
 
-from ._filters import Filter, is_array, is_inexact_array
+from ._filters import Filter, is_array, is_inexact_array, path_filter_mistakes
 from ._paths import PrefixMismatchError, broadcast_prefix, dotted_path, python_path, structure_mismatch
 
 __all__ = ["combine", "filter", "leaf_owners", "partition"]
@@ -60,8 +64,12 @@ def _check_spec_leaves(spec: Any, spec_leaves: list[Any]) -> None:
             )
 
 
+def _leaves_use_path(spec_leaves: list[Any]) -> bool:
+    return any(isinstance(s, Filter) and s.uses_path for s in spec_leaves)
+
+
 def _uses_path(spec: Any) -> bool:
-    return any(isinstance(s, Filter) and s.uses_path for s in jtu.tree_leaves(spec))
+    return _leaves_use_path(jtu.tree_leaves(spec))
 
 
 def leaf_owners(
@@ -84,9 +92,12 @@ def leaf_owners(
         todo = range(n) if unassigned is None else unassigned
         if not todo:
             # Every leaf is taken, but a later spec must still be a prefix of the tree:
-            # whether a bad spec raises must not depend on the values in the tree.
+            # whether a bad spec raises must not depend on the values in the tree. Nor
+            # may whether a mistyped path pattern warns.
             if not (spec_def.num_leaves == 1 and spec_def.num_nodes == 1):
                 _broadcast_prefix(spec, tree, is_leaf, i)
+            if paths is not None and _leaves_use_path(spec_leaves):
+                _warn_about_path_mistakes(spec_leaves, paths, i, len(filter_specs))
             continue
         if spec_def.num_leaves == 1 and spec_def.num_nodes == 1:
             # The common case: one bool or callable for the whole tree.
@@ -100,6 +111,10 @@ def leaf_owners(
                 spec_leaf, spec_path = per_leaf[j]
                 leaf_paths = None if paths is None else [paths[j]]
                 mask.extend(_mask(spec_leaf, [leaves[j]], leaf_paths, lambda _, p=spec_path: p))
+        if paths is not None and not any(mask) and _leaves_use_path(spec_leaves):
+            # Only reached when a path filter selected nothing: the check costs nothing
+            # in the common case.
+            _warn_about_path_mistakes(spec_leaves, paths, i, len(filter_specs))
         if unassigned is None:  # every owner is still len(filter_specs): map in C
             owners = list(map({True: i, False: len(filter_specs)}.__getitem__, mask))
         else:
@@ -109,6 +124,26 @@ def leaf_owners(
         if i + 1 < len(filter_specs):
             unassigned = [j for j, selected in zip(todo, mask) if not selected]
     return owners
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _warn_about_path_mistakes(spec_leaves: list[Any], paths: list[str], index: int, num_specs: int) -> None:
+    found = path_filter_mistakes(spec_leaves, paths)
+    if not found:
+        return
+    which = f" (filter spec {index})" if num_specs > 1 else ""
+    lines = [f"larix.{f!r}{which} selects no leaf of this tree: {'; and '.join(why)}." for f, why in found]
+    lines.append(
+        "If selecting nothing is intended, pass `larix.by_path(..., allow_empty=True)`, or "
+        'silence this with `warnings.filterwarnings("ignore", message="larix.by_path")`.'
+    )
+    # Point at the user's line, however deep inside larix (split, io.save, ...) this is.
+    frame, level = sys._getframe(0), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn("\n".join(lines), UserWarning, stacklevel=level)
 
 
 def _broadcast_prefix(spec: Any, tree: Any, is_leaf: Any, index: int) -> list[tuple[Any, str]]:
@@ -178,6 +213,11 @@ def partition(
 
     **Returns:** a tuple of `len(filter_specs) + 1` pytrees.
 
+    **Raises:** `TypeError` if the second filter spec is `None` or another value that is
+    no filter spec: that is Equinox's positional `replace`, which larix takes by keyword
+    only (`partition(model, spec, replace=None)`). `ValueError` for an invalid spec or one
+    that is not a prefix of the tree.
+
     !!! example
         ```python
         >>> import jax.numpy as jnp, larix
@@ -195,11 +235,37 @@ def partition(
             "larix.partition needs at least one filter spec, e.g. "
             "`params, static = larix.partition(model, larix.is_array)`."
         )
+    if len(filter_specs) > 1 and _is_not_a_spec(filter_specs[1]):
+        raise _positional_replace_error(filter_specs)
     leaves, treedef = jtu.tree_flatten(pytree, is_leaf)
     owners = leaf_owners(pytree, leaves, filter_specs, is_leaf)
     return tuple(
         treedef.unflatten([x if o == i else replace for x, o in zip(leaves, owners)])
         for i in range(len(filter_specs) + 1)
+    )
+
+
+def _is_not_a_spec(value: Any) -> bool:
+    """Whether `value` is certainly not a filter spec: `None`, or a leaf that is neither a
+    bool nor callable (a number, a string, an array)."""
+    if value is None:
+        return True  # the empty pytree: a prefix of nothing but a `None` tree
+    if isinstance(value, bool) or callable(value):
+        return False
+    return jtu.treedef_is_leaf(jtu.tree_structure(value))
+
+
+def _positional_replace_error(filter_specs: tuple[Any, ...]) -> TypeError:
+    # Equinox's signature is `partition(pytree, filter_spec, replace=None, is_leaf=None)`,
+    # so Equinox code passes `replace` (and `is_leaf`) positionally. larix reads further
+    # positional arguments as more filter specs, so say what happened.
+    value = reprlib.repr(filter_specs[1])
+    keywords = f"replace={value}" + (", is_leaf=..." if len(filter_specs) == 3 else "")
+    return TypeError(
+        f"larix.partition: the third positional argument, {value}, is not a filter spec. "
+        "In Equinox it is `replace`, but larix reads further positional arguments as "
+        "further filter specs (an n-way partition), so `replace` and `is_leaf` are "
+        f"keyword-only: write `larix.partition(pytree, filter_spec, {keywords})`."
     )
 
 

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,6 +55,10 @@ class _LeafMismatchError(ValueError):
 class _FileEndedError(ValueError):
     def __init__(self) -> None:
         super().__init__("the file has no more arrays.")
+
+
+class _CorruptRecordError(ValueError):
+    """The bytes at the current position are not a readable `.npy` record."""
 
 
 # --------------------------------------------------------------------------- leaves
@@ -178,21 +183,65 @@ def default_deserialise_filter_spec(f: BinaryIO, x: Any) -> Any:
 
 def _with_dtype(record: np.ndarray, expected: np.dtype, *, jax_leaf: bool) -> np.ndarray:
     found = record.dtype
-    if found == expected:
+    if found == expected and not jax_leaf:
         return record
     # NumPy writes types it does not know by name (bfloat16, float8_*: ml_dtypes) as plain
     # bytes ("V2"), so such a record is read back by reinterpreting the bytes.
-    if (
-        found.type is np.void
-        and found.names is None
-        and expected.kind == "V"
-        and expected.type is not np.void
-    ):
-        if found.itemsize == expected.itemsize:
+    if found.type is np.void and found.names is None:
+        if expected.kind == "V" and expected.type is not np.void and found.itemsize == expected.itemsize:
             return record.view(expected)
-    elif jax_leaf and found.kind != "V" and jax.dtypes.canonicalize_dtype(found) == expected:
-        return record.astype(expected)
+        raise _LeafMismatchError(_array_text(expected, record.shape), describe(record))
+    # A record in the other byte order holds the same numbers: reading it in native order
+    # is exact. (Equinox, through np.load, accepts such files too.)
+    native = found.newbyteorder("=")
+    if native == expected and not jax_leaf:
+        return record.astype(native)
+    if jax_leaf and jax.dtypes.canonicalize_dtype(native) == jax.dtypes.canonicalize_dtype(expected):
+        # What a JAX leaf can hold: with 64-bit types off, float64 becomes float32 (as in
+        # Equinox, which reads with jnp.load). Rounding is accepted, as it is by JAX itself,
+        # but a value out of range (int64 2**40 into int32, float64 1e300 into float32) is not:
+        # it would come back wrapped around or infinite, and nothing would say so.
+        target = jax.dtypes.canonicalize_dtype(expected)
+        value, loss = cast_checked(record, target, rounding=True)
+        if loss is not None:
+            raise _LeafMismatchError(
+                _array_text(target, record.shape),
+                f"{describe(record)}, which {_dtype_name(target)} cannot hold: {loss}",
+            )
+        return value
     raise _LeafMismatchError(_array_text(expected, record.shape), describe(record))
+
+
+def cast_checked(value: np.ndarray, dtype: np.dtype, *, rounding: bool) -> tuple[np.ndarray, str | None]:
+    """`value` cast to `dtype`, and `None`, or a description of the first element that changes.
+
+    With `rounding=False`, every element must come back unchanged (NaN counts as NaN). With
+    `rounding=True`, a float or complex element may be rounded, but must stay finite if it
+    was finite; integers must still be exact. The description reads "1099511627781 would
+    become 5" or "element [2, 0] = 1e+300 would become inf (and 3 more)".
+    """
+    if value.dtype == dtype:
+        return value, None
+    # The casts themselves warn about overflow; what overflowed is reported below instead.
+    with np.errstate(all="ignore"):
+        converted = value.astype(dtype)
+        inexact = jnp.issubdtype(value.dtype, jnp.inexact) and jnp.issubdtype(dtype, jnp.inexact)
+        if rounding and inexact:
+            bad = np.isfinite(value) & ~np.isfinite(converted)
+        else:
+            back = converted.astype(value.dtype)
+            bad = back != value
+            if jnp.issubdtype(value.dtype, jnp.inexact):
+                bad &= ~(np.isnan(back) & np.isnan(value))
+    bad = np.asarray(bad)
+    if not bad.any():
+        return converted, None
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = f"element [{', '.join(map(str, index))}] = " if index else ""
+    more = int(bad.sum()) - 1
+    return converted, (
+        f"{where}{value[index]} would become {converted[index]}" + (f" (and {more} more)" if more else "")
+    )
 
 
 def restore_like(x: Any, value: np.ndarray) -> Any:
@@ -220,6 +269,10 @@ def _array_text(dtype: np.dtype, shape: tuple[int, ...]) -> str:
     dims = ",".join(map(str, shape))
     if dtype.type is np.void and dtype.names is None:
         return f"V{dtype.itemsize}[{dims}] (unnamed {dtype.itemsize}-byte values, as NumPy writes bfloat16 and other ml_dtypes types)"
+    if not dtype.isnative:
+        # Otherwise a big-endian float32 and a native one read the same ("f32[3]").
+        order = "big" if dtype.byteorder == ">" else "little"
+        return f"{_dtype_name(dtype.newbyteorder('='))}[{dims}] ({order}-endian)"
     return f"{_dtype_name(dtype)}[{dims}]"
 
 
@@ -236,29 +289,63 @@ def read_npy_record(f: BinaryIO) -> np.ndarray:
     if not magic:
         raise _FileEndedError
     if len(magic) < len(_NPY_MAGIC) + 2 or not magic.startswith(_NPY_MAGIC):
-        raise ValueError(
+        raise _CorruptRecordError(
             "the file holds bytes that are not a .npy array here: was it written by tree_serialise_leaves?"
         )
     version = (magic[-2], magic[-1])
-    if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise ValueError(
-            f"the file holds a .npy array of format version {version}, which larix does not read."
-        )
+    try:
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise _CorruptRecordError(
+                f"the file holds a .npy array of format version {version}, which larix does not read."
+            )
+    except _CorruptRecordError:
+        raise
+    except ValueError as error:
+        raise _CorruptRecordError(
+            f"the file holds a .npy header that cannot be read ({error}): it is corrupt."
+        ) from None
     if dtype.hasobject:
-        raise ValueError(
+        raise _CorruptRecordError(
             "the file holds a pickled array of Python objects, which larix does not load: unpickling can run arbitrary code."
         )
+    if any(n < 0 for n in shape):
+        raise _CorruptRecordError(
+            f"the file holds a .npy header with the shape {shape}, which no array has: the file is corrupt."
+        )
     size = math.prod(shape) * dtype.itemsize
-    data = f.read(size)
+    data = _read_up_to(f, size)
     if len(data) < size:
-        raise ValueError(
-            "the file ends in the middle of an array: it is truncated (was the save interrupted?)."
+        raise _CorruptRecordError(
+            f"the file ends in the middle of an array: its .npy header gives {_array_text(dtype, shape)} "
+            f"({size} bytes), but {len(data)} bytes follow. The file is truncated (was the save "
+            "interrupted?) or its header is corrupt."
         )
     return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran_order else "C")
+
+
+_CHUNK = 64 * 2**20
+
+
+def _read_up_to(f: BinaryIO, size: int) -> bytes:
+    """Read `size` bytes, or all that is left if fewer.
+
+    In chunks: a corrupt header can claim any size (2**80 bytes), and `f.read(size)` would
+    try to allocate it all before finding out that the file is shorter.
+    """
+    if size <= _CHUNK:
+        return f.read(size)
+    chunks = []
+    while size > 0:
+        chunk = f.read(min(size, _CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 # --------------------------------------------------------------------------- whole trees
@@ -299,22 +386,45 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     `write(temporary_path)` writes the content to a new file next to `path`; it is flushed
     to disk and renamed over `path` (`os.replace` is atomic on POSIX and Windows). On any
     exception the temporary file is removed and an existing `path` is left untouched.
+
+    Replacing a file keeps its permission bits, and a `path` that is a symbolic link has
+    its target replaced, not the link: as `open(path, "wb")` (and so Equinox) would do.
+
+    **Raises:** `FileNotFoundError` naming `path` if its directory does not exist.
     """
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # The temporary file must be in the target's directory: os.replace cannot move a file
+    # to another file system, and replacing the link itself would cut it from its target.
+    target = Path(os.path.realpath(path))
+    if not target.parent.is_dir():
+        via = f" (the target of the symbolic link '{path}')" if target != path.absolute() else ""
+        raise FileNotFoundError(
+            f"cannot save to '{target}'{via}: the directory '{target.parent}' does not exist. "
+            f"Create it first, e.g. with `pathlib.Path({str(target.parent)!r}).mkdir(parents=True)`."
+        )
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     temporary.open("xb").close()  # reserve the name; the file gets the usual permissions
     try:
+        # The permissions the file ends with: those of the file it replaces, or else the
+        # usual ones (0o666 less the umask) that the reserved file got. `write` may not keep
+        # them: safetensors' save_file, for one, recreates the file as 0o600.
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            mode = stat.S_IMODE(os.stat(temporary).st_mode)
         write(temporary)
         with open(temporary, "r+b") as f:
             os.fsync(f.fileno())
-        os.replace(temporary, path)
+        # After the fsync: a read-only mode would forbid opening the file to sync it.
+        os.chmod(temporary, mode)
+        os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    # Make the rename itself durable. Best effort: the new file is complete and in place
-    # already, and some file systems refuse to sync a directory.
+    # Make the rename (and the mode) durable. Best effort: the new file is complete and in
+    # place already, and some file systems refuse to sync a directory.
     if os.name == "posix":
         with contextlib.suppress(OSError):
-            directory = os.open(path.parent, os.O_RDONLY)
+            directory = os.open(target.parent, os.O_RDONLY)
             try:
                 os.fsync(directory)
             finally:
@@ -451,12 +561,12 @@ def tree_deserialise_leaves(
     if _is_path(path_or_file):
         path = _eqx_path(path_or_file)  # type: ignore[arg-type]
         with open(path, "rb") as f:
-            leaves, problems = _read_leaves(f, flat, specs)
+            leaves, problems = _read_leaves(f, flat, specs, f"'{path}'")
             problems += _leftover(f)
         name = f"'{path}'"
     else:
-        leaves, problems = _read_leaves(path_or_file, flat, specs)  # type: ignore[arg-type]
         name = "the file"
+        leaves, problems = _read_leaves(path_or_file, flat, specs, name)  # type: ignore[arg-type]
     if problems:
         raise ValueError(
             f"larix.tree_deserialise_leaves: {name} does not match `like`:\n"
@@ -470,7 +580,9 @@ def tree_deserialise_leaves(
     return treedef.unflatten(leaves)
 
 
-def _read_leaves(f: BinaryIO, flat: list[tuple[Any, Any]], specs: list[Any]) -> tuple[list[Any], list[str]]:
+def _read_leaves(
+    f: BinaryIO, flat: list[tuple[Any, Any]], specs: list[Any], name: str
+) -> tuple[list[Any], list[str]]:
     leaves, problems = [], []
     for (path, leaf), spec in zip(flat, specs):
         where = python_path(path, "like")
@@ -487,6 +599,13 @@ def _read_leaves(f: BinaryIO, flat: list[tuple[Any, Any]], specs: list[Any]) -> 
             raise TypeError(
                 f"larix.tree_deserialise_leaves: cannot load the leaf at {where}: {error}."
             ) from None
+        except _CorruptRecordError as error:
+            # Nothing after a corrupt record can be trusted to line up: stop here.
+            corrupt = ValueError(
+                f"larix.tree_deserialise_leaves: cannot read {name} at the leaf {where}: {error}"
+            )
+            corrupt.add_note(f"(raised while loading the leaf at {where})")
+            raise corrupt from None
         except Exception as error:
             error.add_note(f"(raised while loading the leaf at {where})")
             raise

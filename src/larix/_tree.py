@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._filters import is_array
+from ._filters import _is_inexact_dtype, is_array
 from ._paths import flatten_one_level_with_keys, python_path, structure_mismatch
 
 __all__ = [
     "apply_updates",
     "if_array",
+    "tree_allclose",
     "tree_at",
     "tree_check",
     "tree_equal",
@@ -22,6 +25,7 @@ __all__ = [
 ]
 
 _MISSING: Any = object()
+_NUMPY_TYPES = (np.ndarray, np.generic)
 
 
 class _Slot:
@@ -52,6 +56,18 @@ class _WhereUsedValueError(Exception):
     pass
 
 
+class _EmptyTuple(tuple):
+    """An empty tuple that is not Python's shared `()`, so that its id names one position."""
+
+    __slots__ = ()
+
+
+# Registered as a node without children, like `()`: a `where` that calls JAX's tree
+# functions on the stand-in tree (`lambda t: jtu.tree_leaves(t)`) sees the same leaves as
+# in the real tree, not an extra leaf per empty tuple.
+jtu.register_pytree_node(_EmptyTuple, lambda _: ((), None), lambda _, __: _EmptyTuple())
+
+
 def _mirror(node: Any, is_leaf: Callable[[Any], bool], path: tuple[Any, ...], index: dict[int, tuple[Any, ...]], keep: list[Any]) -> Any:
     """Rebuild `node` with `_Slot`s for leaves, recording every rebuilt object's path by id."""
     children = None
@@ -65,10 +81,15 @@ def _mirror(node: Any, is_leaf: Callable[[Any], bool], path: tuple[Any, ...], in
         keep.append(slot)
         index[id(slot)] = path
         return slot
-    _, treedef = jtu.tree_flatten(node, is_leaf=lambda x: x is not node)
-    rebuilt = treedef.unflatten([_mirror(c, is_leaf, (*path, k), index, keep) for k, c in children])
+    if type(node) is tuple and not children:
+        # Python shares one `()` object: unflattening would give every empty tuple the
+        # same id. A distinct stand-in lets `where` select one of them (as in Equinox).
+        rebuilt: Any = _EmptyTuple()
+    else:
+        _, treedef = jtu.tree_flatten(node, is_leaf=lambda x: x is not node)
+        rebuilt = treedef.unflatten([_mirror(c, is_leaf, (*path, k), index, keep) for k, c in children])
     keep.append(rebuilt)  # keep it alive so that its id stays unique
-    if id(rebuilt) in index:  # a shared singleton such as `()`: it cannot be told apart
+    if id(rebuilt) in index:  # a custom node whose unflatten returns a shared object
         index[id(rebuilt)] = None  # type: ignore[assignment]
     else:
         index[id(rebuilt)] = path
@@ -98,13 +119,20 @@ def tree_at(
 
     - `where`: a function `pytree -> node` or `pytree -> sequence of nodes`, for example
       `lambda m: m.layers[0].weight` or `lambda m: (m.weight, m.bias)`. It may select leaves
-      or whole subtrees, and `None` fields. It must only navigate, not compute with values.
+      or whole subtrees, `None` fields and empty tuples (even where the same `()` object
+      occurs several times). It must only navigate, not compute with values.
     - `pytree`: the tree to copy.
-    - `replace`: the new value, or a sequence of new values if `where` returns a sequence.
+    - `replace`: the new value, or, if `where` returns a sequence of nodes, a sequence of
+      as many values (anything with a length, taken item by item as in Equinox).
     - `replace_fn`: alternatively, a function `old node -> new node`, applied to each.
     - `is_leaf`: as in `jax.tree_util.tree_flatten`, to select inside custom leaves.
 
     **Returns:** the updated copy. `pytree` itself is unchanged.
+
+    **Raises:** `TypeError` if `where` returns something that is not part of the tree, or
+    selects several nodes while `replace` has no length; `ValueError` if `replace` has the
+    wrong length, if `where` computes with leaf values, or selects a node twice (or a node
+    and another inside it).
 
     !!! example
         ```python
@@ -148,8 +176,10 @@ def tree_at(
             )
         if path is None:
             raise ValueError(
-                "larix.tree_at: `where` selected an empty node (such as `()`) that occurs more "
-                "than once in the tree, so it is ambiguous. Select its parent instead."
+                f"larix.tree_at: `where` selected {node!r}, a {type(node).__name__} node that "
+                "occurs more than once in the tree as the very same object (its type's "
+                "unflatten returns a shared instance), so its position is ambiguous. "
+                "Select its parent instead."
             )
         paths.append(path)
     for i, p in enumerate(paths):
@@ -165,38 +195,89 @@ def tree_at(
     if replace_fn is not _MISSING:
         targets = {p: replace_fn for p in paths}
     else:
-        values = [replace] if single else replace
-        if single is False and (not isinstance(values, Sequence) or len(values) != len(paths)):
-            raise ValueError(
-                f"larix.tree_at: `where` selected {len(paths)} nodes, so `replace` must be a "
-                f"sequence of {len(paths)} values (got {values!r})."
-            )
+        values = [replace] if single else _replacements(replace, len(paths))
         targets = {p: (lambda _, v=v: v) for p, v in zip(paths, values)}
     return _replace_at(pytree, (), targets, leaf_fn)
 
 
-def tree_equal(*pytrees: Any, typematch: bool = False, rtol: float = 0.0, atol: float = 0.0) -> Any:
+def _replacements(replace: Any, count: int) -> list[Any]:
+    """The values of `replace` for `count` selected nodes, checked as Equinox checks them."""
+    # Like Equinox, anything with a length is taken item by item (a tuple, a list, an
+    # array's rows), and the exception types are Equinox's: TypeError without a length,
+    # ValueError for a wrong one.
+    try:
+        length = len(replace)
+    except TypeError:
+        raise TypeError(
+            f"larix.tree_at: `where` selected {count} nodes, so `replace` must be a sequence "
+            f"of {count} values, one per node; got {reprlib.repr(replace)}, which has no "
+            "length. To put one value at every node, pass `replace_fn=lambda _: value`."
+        ) from None
+    if length != count:
+        raise ValueError(
+            f"larix.tree_at: `where` selected {count} nodes, so `replace` must be a sequence "
+            f"of {count} values, one per node, in the order `where` returns them; got "
+            f"{length}: {reprlib.repr(replace)}."
+        )
+    return list(replace)
+
+
+def _arrays_equal(xp: Any, x: Any, y: Any, exact: bool, rtol: Any, atol: Any) -> Any:
+    # Tolerances apply to inexact dtypes only: integer, bool and key arrays are compared
+    # exactly, whatever the tolerances (Equinox's rule).
+    if exact or not _is_inexact_dtype(x.dtype):
+        return xp.all(x == y)
+    return xp.allclose(x, y, rtol=rtol, atol=atol)
+
+
+def tree_equal(*pytrees: Any, typematch: bool = False, rtol: Any = 0.0, atol: Any = 0.0) -> Any:
     """Whether all `pytrees` have the same structure and equal leaves.
 
-    Arrays are equal when their shapes and dtypes match and their values do (within
-    `rtol`/`atol` when given); other leaves are compared with `==`.
+    - Arrays (JAX or NumPy, and NumPy scalars) must have the same shape and dtype, and
+      equal values; with `rtol` or `atol`, floating-point and complex arrays need only be
+      close (`allclose`), while other dtypes must still be equal. A JAX array equals a
+      NumPy array with the same values unless `typematch=True`.
+    - Other leaves are compared with `==`; a leaf whose `==` raises or does not give a
+      bool is unequal. An array never equals a non-array (`jnp.ones(())` is not `1.0`).
 
     **Arguments:**
 
-    - `*pytrees`: the trees to compare.
-    - `typematch`: also require leaves at the same position to be of the same type.
-    - `rtol`, `atol`: tolerances for array comparisons, as in `numpy.allclose`.
+    - `*pytrees`: the trees to compare; each is compared with the first.
+    - `typematch`: keyword-only; also require leaves at the same position to be of the
+      same type (so `1 != 1.0`, and a NumPy array differs from a JAX array).
+    - `rtol`, `atol`: keyword-only; tolerances for inexact arrays, as in
+      `jax.numpy.allclose`. They may be arrays, traced ones included.
 
-    **Returns:** `False` as soon as structures, shapes, dtypes or non-array leaves differ;
-    otherwise `True` if no arrays were compared, else a boolean array. Under `jax.jit`
-    that array is traced, so `tree_equal` can be used inside jitted code.
+    **Returns:** as Equinox's `tree_equal`: a Python `bool` when no JAX array takes part
+    (NumPy arrays are compared at once); otherwise a JAX boolean scalar, which under
+    `jax.jit` is a tracer. Differences that do not depend on the values of JAX arrays
+    (structure, shapes, dtypes, non-array leaves, NumPy values) give the Python `False`,
+    so `tree_equal(...) is False` tests them without tracing.
+
+    !!! example
+        ```python
+        >>> import jax.numpy as jnp, numpy as np, larix
+        >>> larix.tree_equal({"n": 1, "w": np.ones(2)}, {"n": 1, "w": np.ones(2)})
+        True
+        >>> larix.tree_equal([jnp.ones(2)], [jnp.ones(2)])
+        Array(True, dtype=bool)
+        >>> larix.tree_equal(jnp.ones(2), jnp.ones(2) + 1e-4, atol=1e-3)
+        Array(True, dtype=bool)
+        >>> larix.tree_equal(jnp.ones(2), jnp.ones(3))
+        False
+
+        ```
     """
-    flat = [jtu.tree_flatten(t) for t in pytrees]
-    if not flat:
+    if not pytrees:
         return True
-    leaves0, treedef0 = flat[0]
+    leaves0, treedef0 = jtu.tree_flatten(pytrees[0])
+    # Zero tolerances given as Python numbers mean exact equality; array tolerances always
+    # go through allclose, since a traced one cannot be compared with zero.
+    exact = isinstance(rtol, int | float) and isinstance(atol, int | float) and rtol == 0 and atol == 0
+    traced_tolerance = isinstance(rtol, jax.core.Tracer) or isinstance(atol, jax.core.Tracer)
     result: Any = True
-    for leaves, treedef in flat[1:]:
+    for tree in pytrees[1:]:
+        leaves, treedef = jtu.tree_flatten(tree)
         if treedef != treedef0:
             return False
         for x, y in zip(leaves0, leaves):
@@ -205,19 +286,54 @@ def tree_equal(*pytrees: Any, typematch: bool = False, rtol: float = 0.0, atol: 
             x_array, y_array = is_array(x), is_array(y)
             if x_array != y_array:
                 return False
-            if x_array:
-                if x.shape != y.shape or x.dtype != y.dtype:
-                    return False
-                xp = np if isinstance(x, np.ndarray | np.generic) and isinstance(y, np.ndarray | np.generic) else jnp
-                same = xp.all(x == y) if rtol == 0 and atol == 0 else xp.allclose(x, y, rtol=rtol, atol=atol)
-                result = same if result is True else result & same
-            else:
+            if not x_array:
                 try:
                     if not bool(x == y):
                         return False
                 except Exception:  # noqa: BLE001 - leaves whose == is not a bool are unequal
                     return False
+                continue
+            if x.shape != y.shape or x.dtype != y.dtype:
+                return False
+            if isinstance(x, _NUMPY_TYPES) and isinstance(y, _NUMPY_TYPES) and not traced_tolerance:
+                # Two NumPy values are compared now, giving a Python bool (as in Equinox).
+                if not _arrays_equal(np, x, y, exact, rtol, atol):
+                    return False
+            else:
+                same = _arrays_equal(jnp, x, y, exact, rtol, atol)
+                result = same if result is True else result & same
     return result
+
+
+def tree_allclose(x: Any, y: Any, *, rtol: Any = 1e-5, atol: Any = 1e-8) -> Any:
+    """Whether two pytrees have the same structure and leaf types, and close values.
+
+    The helper of Equinox's own test suite: `tree_equal(x, y, typematch=True, rtol=rtol,
+    atol=atol)`, with NumPy's default tolerances. Leaves must have the same type, so a
+    NumPy array is not close to a JAX array, `1` is not close to `1.0`, and inside
+    `jax.jit` a traced array is not close to a concrete one: convert first
+    (`jnp.asarray`) where that matters.
+
+    **Arguments:**
+
+    - `x`, `y`: the two pytrees.
+    - `rtol`, `atol`: keyword-only; tolerances for inexact arrays, as in
+      `jax.numpy.allclose`. Other leaves must be equal.
+
+    **Returns:** as [`larix.tree_equal`][]: a Python `bool`, or a JAX boolean scalar when
+    JAX arrays are compared.
+
+    !!! example
+        ```python
+        >>> import jax.numpy as jnp, larix
+        >>> larix.tree_allclose({"w": jnp.ones(2)}, {"w": jnp.ones(2) + 1e-7})
+        Array(True, dtype=bool)
+        >>> larix.tree_allclose(1, 1.0)
+        False
+
+        ```
+    """
+    return tree_equal(x, y, typematch=True, rtol=rtol, atol=atol)
 
 
 def apply_updates(model: Any, updates: Any) -> Any:
