@@ -12,6 +12,9 @@ Sections (every ratio is to raw `jax.jit` on the same arrays, measured in the sa
 - `adam step`: one optax adam training step whose returned model and optimiser state are
   fed back into the next call (goal 1.05x).
 - `first call`: trace + compile + run of a new jitted function at N = 100k (goal 1.5x).
+- `named scopes`: a larix.nn.MLP (depth 8, width 128) on a batch of 32, traced with
+  `larix.named_scopes` on (the default) and off: jitted (goal 1.05x: scopes are seen only
+  while tracing) and eager.
 - `re-trace`: the ninth trace of a function whose argument holds a 40k-leaf configuration,
   when a static field changes (goal: no slower than Equinox, the baseline here).
 - `split+merge`: `larix.split` and `larix.merge` of the N-leaf tree, beside
@@ -222,6 +225,24 @@ def _flatten(n: int) -> Callable[[], Any]:
     return functools.partial(jax.tree_util.tree_flatten, _tree(n))
 
 
+# -- named scopes ------------------------------------------------------------------------------
+
+
+def _nn_mlp() -> tuple[Any, jax.Array]:
+    model = larix.nn.MLP(WIDTH, WIDTH, WIDTH, DEPTH, key=jax.random.PRNGKey(0))
+    return model, jax.random.normal(jax.random.PRNGKey(1), (BATCH, WIDTH))
+
+
+def _scoped_forward(enabled: bool, jit: bool) -> Callable[[], Any]:
+    model, x = _nn_mlp()
+    forward = larix.filter_vmap(lambda m, x: m(x), in_axes=(None, 0))
+    if jit:
+        forward = larix.filter_jit(forward)
+    with larix.named_scopes(enabled):
+        jax.block_until_ready(forward(model, x))  # traced (and compiled) with or without scopes
+    return functools.partial(forward, model, x)
+
+
 # -- re-trace ----------------------------------------------------------------------------------
 
 RETRACE_LEAVES = 40_000
@@ -289,6 +310,18 @@ def cases(settings: Settings) -> Iterable[Case]:
     yield Case(
         section, "larix filter_jit", functools.partial(_first_larix, n), n=n, baseline="raw jax.jit", goal=1.5, cold=True
     )
+
+    section = "named scopes"
+    for jit in (True, False):
+        mode = "jitted" if jit else "eager"
+        yield Case(section, f"{mode}, scopes off", functools.partial(_scoped_forward, False, jit))
+        yield Case(
+            section,
+            f"{mode}, scopes on",
+            functools.partial(_scoped_forward, True, jit),
+            baseline=f"{mode}, scopes off",
+            goal=1.05 if jit else None,
+        )
 
     section = "re-trace"
     common = {"n": RETRACE_LEAVES, "cold": True, "requires": ("equinox",)}
