@@ -244,3 +244,11 @@ def test_nothing_leaks_into_the_jaxpr_of_a_model_traced_without_capture():
     before = str(jax.make_jaxpr(model)(jnp.ones(3)))
     larix.capture(model, True)(jnp.ones(3))
     assert str(jax.make_jaxpr(model)(jnp.ones(3))) == before
+
+
+def test_paths_are_relative_to_the_first_module_called_inside_the_block_even_under_jit_of_vmap():
+    model = _model()
+    _, found = larix.filter_jit(larix.filter_vmap(larix.capture(model, larix.nn.Linear)))(jnp.ones((2, 3)))
+    assert sorted(found) == ["blocks.0.first", "blocks.0.second", "blocks.1.first", "blocks.1.second", "head"]
+    _, found = larix.capture(lambda x: model.blocks[1](x), larix.nn.Linear)(jnp.ones(3))
+    assert sorted(found) == ["first", "second"]

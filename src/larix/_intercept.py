@@ -122,6 +122,8 @@ def _child_path(parent: tuple[Any, str | None], child: Any) -> str | None:
     """The path of `child` below the Module being called, found by identity among its fields
     (two levels of containers deep: `self.layers[2]`, `self.blocks["a"][0]`)."""
     module, path = parent
+    if module is None:
+        return ""  # the barrier of a `with` block: the first Module called inside it
     if path is None:
         return None
     if child is module:
@@ -187,11 +189,15 @@ class _Stack:
     def __enter__(self) -> Any:
         current = getattr(_LOCAL, self._attribute)
         setattr(_LOCAL, self._attribute, (*current, self._item) if isinstance(current, tuple) else [*current, self._item])
+        # Paths inside the block are relative to the first Module called in it.
+        self._depth = len(_LOCAL.stack)
+        _LOCAL.stack.append((None, ""))
         ACTIVE[0] += 1
         return self._item
 
     def __exit__(self, *exc: Any) -> None:
         ACTIVE[0] -= 1
+        del _LOCAL.stack[self._depth :]
         current = getattr(_LOCAL, self._attribute)
         kept = [x for x in current if x is not self._item]
         setattr(_LOCAL, self._attribute, tuple(kept) if isinstance(current, tuple) else kept)
@@ -279,9 +285,10 @@ def capture(fn: Callable[..., Any], filter: Any = None) -> Callable[..., tuple[A
     **Arguments:**
 
     - `fn`: a Module or any function that calls Modules.
-    - `filter`: which Module calls to record the output of: `None` (only values given to
-      [`larix.sow`][]), `True` (every call), a Module class or tuple of classes, a glob on
-      the dotted path (`"encoder.layers.*"`), or a predicate on a [`larix.MethodContext`][].
+    - `filter`: which Module calls to record the output of: `None` (none), `True` (every
+      call), a Module class or tuple of classes, a glob on the dotted path
+      (`"encoder.layers.*"`), or a predicate on a [`larix.MethodContext`][]. Values that
+      layers give to [`larix.sow`][] are always recorded.
 
     **Returns:** a function taking `fn`'s arguments and returning `(output, intermediates)`,
     where `intermediates` maps each path (`"layers.0"`; a method other than `__call__` adds

@@ -296,7 +296,9 @@ class _ModuleMeta(abc.ABCMeta):
             if isinstance(value, types.FunctionType) and not (key.startswith("__") and key.endswith("__")):
                 namespace[key] = _MethodDescriptor(value)
         call = namespace.get("__call__")
-        if isinstance(call, types.FunctionType) and namespace.get("__module__") != __name__:
+        # Not larix's own wrappers (filter_vmap's, Partial, ...), which are not layers of a model.
+        internal = str(namespace.get("__module__", "")).startswith("larix._")
+        if isinstance(call, types.FunctionType) and not internal:
             namespace["__call__"] = _hooked_call(call)
 
         cls = super().__new__(mcs, name, bases, namespace, **kwargs)
