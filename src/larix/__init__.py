@@ -48,6 +48,7 @@ from ._partition import combine as combine
 from ._partition import filter as filter  # noqa: A004 - Equinox's name
 from ._partition import partition as partition
 from ._pformat import tree_pformat as tree_pformat
+from ._precision import tree_cast as tree_cast
 from ._pformat import tree_pprint as tree_pprint
 from ._pmap import filter_pmap as filter_pmap
 from ._scan import Stacked as Stacked
