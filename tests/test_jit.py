@@ -1111,3 +1111,46 @@ def test_aot_compiled_call_refuses_other_statics_after_clear_caches():
         with pytest.raises(TypeError, match="lowered for arguments with other static values"):
             compiled(K(jnp.array(1.0), k))
     assert compiled(K(jnp.array(1.0), 2)) == 2.0
+
+
+@pytest.mark.parametrize("form", ["method", "jit_of_grad", "jit_of_vmap", "donated"])
+def test_traces_as_often_as_equinox(form):
+    """Where Equinox traces once, larix traces once (and never more often)."""
+    eqx = pytest.importorskip("equinox")
+    counts = {}
+    for lib in (larix, eqx):
+        traces = []
+
+        class M(lib.Module):
+            w: Any
+
+            def __call__(self, x):
+                traces.append(1)
+                return self.w * x
+
+            @lib.filter_jit
+            def method(self, x):
+                traces.append(1)
+                return self.w * x
+
+        def loss(m, x):
+            return jnp.sum(m(x))
+
+        calls = {
+            "method": lambda m, x: m.method(x),
+            "jit_of_grad": lib.filter_jit(lib.filter_grad(loss)),
+            "jit_of_vmap": lib.filter_jit(lib.filter_vmap(lambda m, x: m(x), in_axes=(None, 0))),
+            "donated": lib.filter_jit(lambda m, x: M(m.w + m(x)), donate="all"),
+        }
+        call = calls[form]
+        m = M(jnp.ones(3))
+        x = jnp.ones((2, 3)) if form == "jit_of_vmap" else jnp.ones(3)
+        for _ in range(3):
+            out = call(m, x)
+            if form == "donated":
+                m = out
+            else:
+                m = M(jnp.ones(3) * 2)  # a new instance of the same structure
+        counts[lib.__name__] = len(traces)
+    assert counts["larix"] <= counts["equinox"]
+    assert counts["larix"] == 1
