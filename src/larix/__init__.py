@@ -1,6 +1,7 @@
 """larix: pytree-native neural networks for JAX."""
 
 from . import debug as debug
+from . import interop as interop
 from . import io as io
 from . import nn as nn
 from ._ad import filter_grad as filter_grad
@@ -48,9 +49,9 @@ from ._partition import combine as combine
 from ._partition import filter as filter  # noqa: A004 - Equinox's name
 from ._partition import partition as partition
 from ._pformat import tree_pformat as tree_pformat
-from ._precision import tree_cast as tree_cast
 from ._pformat import tree_pprint as tree_pprint
 from ._pmap import filter_pmap as filter_pmap
+from ._precision import tree_cast as tree_cast
 from ._scan import Stacked as Stacked
 from ._scan import stack as stack
 from ._serialise import default_deserialise_filter_spec as default_deserialise_filter_spec
@@ -61,6 +62,9 @@ from ._shapes import filter_eval_shape as filter_eval_shape
 from ._shapes import filter_make_jaxpr as filter_make_jaxpr
 from ._shard import filter_shard as filter_shard
 from ._shard import named_shardings as named_shardings
+from ._state_dict import load_state_dict as load_state_dict
+from ._state_dict import plan_state_dict as plan_state_dict
+from ._state_dict import state_dict as state_dict
 from ._tree import apply_updates as apply_updates
 from ._tree import if_array as if_array
 from ._tree import tree_allclose as tree_allclose

@@ -47,9 +47,32 @@ class _UnsavableLeafError(TypeError):
 class _LeafMismatchError(ValueError):
     """The file's next record does not fit the `like` leaf; the tree function adds the path."""
 
-    def __init__(self, expected: str, found: str):
+    def __init__(self, expected: str, found: str, record: Any = None):
         super().__init__(f"the file's next array is {found}, but the leaf it should fill is {expected}.")
-        self.expected, self.found = expected, found
+        self.expected, self.found, self.record = expected, found, record
+
+
+class DeserialiseMismatchError(ValueError, RuntimeError):
+    """`like` does not match the file given to `tree_deserialise_leaves`.
+
+    A `ValueError` (a bad value of `like`), and a `RuntimeError` as Equinox raises, whose
+    sentences the message repeats for each leaf ("Deserialised leaf at path (...) has
+    changed shape from ... in `like` to ... on disk.", "Error at leaf with path (...)").
+    """
+
+
+def _equinox_sentence(path: Any, leaf: Any, record: Any) -> str:
+    """Equinox's wording of one mismatch; `record` is None when the file has ended."""
+    if record is None:
+        return f"Error at leaf with path {tuple(path)}"
+    changes = []
+    if tuple(np.shape(record)) != tuple(np.shape(leaf)):
+        changes.append(f"shape from {tuple(np.shape(leaf))} in `like` to {tuple(np.shape(record))} on disk")
+    elif hasattr(leaf, "dtype") and np.dtype(leaf.dtype) != record.dtype:
+        changes.append(f"dtype from {np.dtype(leaf.dtype)} in `like` to {record.dtype} on disk")
+    if not changes:
+        return ""
+    return f"Deserialised leaf at path {tuple(path)} has changed {' and '.join(changes)}."
 
 
 class _FileEndedError(ValueError):
@@ -62,6 +85,22 @@ class _CorruptRecordError(ValueError):
 
 
 # --------------------------------------------------------------------------- leaves
+
+
+
+class PartialLoadWarning(UserWarning):
+    """Warned by `larix.io.load(..., strict=False)` when it did not load every leaf.
+
+    The message lists every leaf kept from `like` because the file lacks it, and every
+    entry of the file ignored because `like` lacks it; the same `larix.io.LoadReport` is
+    the warning's `report` attribute (for `larix.io.load`; `larix.io.load_state_dict` warns
+    the subclass `larix.io.SkippedKeysWarning`). To load part of a checkpoint on purpose, without a
+    warning, select that part with `filter_spec` instead of passing `strict=False`, or
+    silence this category:
+    `warnings.filterwarnings("ignore", category=larix.io.PartialLoadWarning)`.
+    """
+
+    report: Any  # a larix.io.LoadReport
 
 
 def _is_prng_key(x: Any) -> bool:
@@ -169,14 +208,14 @@ def default_deserialise_filter_spec(f: BinaryIO, x: Any) -> Any:
         record = read_npy_record(f)
         expected = np.dtype(x.dtype)
         if tuple(record.shape) != tuple(x.shape):
-            raise _LeafMismatchError(describe(x), describe(record))
+            raise _LeafMismatchError(describe(x), describe(record), record)
         return restore_like(
             x, _with_dtype(record, expected, jax_leaf=not isinstance(x, (np.ndarray, np.generic)))
         )
     if isinstance(x, _SCALARS):
         record = read_npy_record(f)
         if record.shape != () or not np.can_cast(record.dtype, np.dtype(type(x)), casting="same_kind"):
-            raise _LeafMismatchError(describe(x), describe(record))
+            raise _LeafMismatchError(describe(x), describe(record), record)
         return type(x)(record.item())
     return x
 
@@ -209,7 +248,7 @@ def _with_dtype(record: np.ndarray, expected: np.dtype, *, jax_leaf: bool) -> np
                 f"{describe(record)}, which {_dtype_name(target)} cannot hold: {loss}",
             )
         return value
-    raise _LeafMismatchError(_array_text(expected, record.shape), describe(record))
+    raise _LeafMismatchError(_array_text(expected, record.shape), describe(record), record)
 
 
 def cast_checked(value: np.ndarray, dtype: np.dtype, *, rounding: bool) -> tuple[np.ndarray, str | None]:
@@ -568,7 +607,7 @@ def tree_deserialise_leaves(
         name = "the file"
         leaves, problems = _read_leaves(path_or_file, flat, specs, name)  # type: ignore[arg-type]
     if problems:
-        raise ValueError(
+        raise DeserialiseMismatchError(
             f"larix.tree_deserialise_leaves: {name} does not match `like`:\n"
             + "\n".join(f"  - {p}" for p in problems)
             + "\nThe file stores the leaves one after another without their names, so `like` must "
@@ -592,9 +631,12 @@ def _read_leaves(
         except _LeafMismatchError as error:
             # The mismatched record was read whole, so the next leaf still lines up with the
             # next record: keep going, and report every leaf that does not fit.
-            problems.append(f"{where}: expected {error.expected}, the file has {error.found}")
+            equinox = "" if error.record is None else _equinox_sentence(path, leaf, error.record)
+            problems.append(f"{where}: expected {error.expected}, the file has {error.found}. {equinox}".rstrip())
         except _FileEndedError:
-            problems.append(f"{where}: expected {describe(leaf)}, but the file has no more arrays")
+            problems.append(
+                f"{where}: expected {describe(leaf)}, but the file has no more arrays. {_equinox_sentence(path, leaf, None)}"
+            )
         except _UnsavableLeafError as error:
             raise TypeError(
                 f"larix.tree_deserialise_leaves: cannot load the leaf at {where}: {error}."

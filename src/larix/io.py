@@ -32,9 +32,28 @@ from ._filters import is_array_like
 from ._flat import merge, split
 from ._paths import python_path
 from ._pformat import _dtype_name
+from ._serialise import PartialLoadWarning as PartialLoadWarning
 from ._serialise import atomic_write, cast_checked, describe, restore_like
+from ._state_dict import PlanRow as PlanRow
+from ._state_dict import SkippedKeysWarning as SkippedKeysWarning
+from ._state_dict import StateDictPlan as StateDictPlan
+from ._state_dict import load_state_dict as load_state_dict
+from ._state_dict import plan_state_dict as plan_state_dict
+from ._state_dict import state_dict as state_dict
 
-__all__ = ["LoadReport", "PartialLoadWarning", "load", "load_report", "save"]
+__all__ = [
+    "LoadReport",
+    "PartialLoadWarning",
+    "PlanRow",
+    "SkippedKeysWarning",
+    "StateDictPlan",
+    "load",
+    "load_report",
+    "load_state_dict",
+    "plan_state_dict",
+    "save",
+    "state_dict",
+]
 
 # safetensors dtype codes <-> NumPy dtypes: the types that every safetensors >= 0.4 reads
 # and writes. (Others, such as complex128 or int4, are refused with a TypeError at save.)
@@ -196,18 +215,6 @@ def _nearest(dtype: np.dtype) -> str:
 # --------------------------------------------------------------------------- reports
 
 
-class PartialLoadWarning(UserWarning):
-    """Warned by `larix.io.load(..., strict=False)` when it did not load every leaf.
-
-    The message lists every leaf kept from `like` because the file lacks it, and every
-    entry of the file ignored because `like` lacks it; the same `larix.io.LoadReport` is
-    the warning's `report` attribute. To load part of a checkpoint on purpose, without a
-    warning, select that part with `filter_spec` instead of passing `strict=False`, or
-    silence this category:
-    `warnings.filterwarnings("ignore", category=larix.io.PartialLoadWarning)`.
-    """
-
-    report: LoadReport
 
 
 def _partial_load_warning(report: LoadReport) -> PartialLoadWarning:
