@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 # Optional packages a case may need, and how to get them.
-INSTALL_HINT = "pip install 'larix[bench]'"
+INSTALL_HINT = 'pip install -e ".[bench]" in a clone'
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import subprocess
@@ -16,6 +17,9 @@ from harness import INSTALL_HINT, Result, block_overhead_ns, loop_overhead_ns, m
 
 __all__ = [
     "RESULTS_DIR",
+    "SPREAD_LEGEND",
+    "format_goals",
+    "format_left_out",
     "format_machine",
     "format_n",
     "format_table",
@@ -59,19 +63,25 @@ def format_n(n: int | None) -> str:
     return str(n)
 
 
-def _spread(r: Result) -> str:
+def _relative_spread(r: Result) -> float | None:
     # Half the interquartile range relative to the median: how noisy the samples were.
     if r.median_ns is None or r.q1_ns is None or r.q3_ns is None or r.samples < 4:
+        return None
+    return (r.q3_ns - r.q1_ns) / (2 * r.median_ns)
+
+
+def _spread(r: Result) -> str:
+    spread = _relative_spread(r)
+    return "" if spread is None else f"±{100 * spread:.0f}%"
+
+
+def _ratio_spread(r: Result, base: Result | None) -> str:
+    # A ratio is as noisy as its two medians together: their relative spreads, added in
+    # quadrature (as for independent errors).
+    spreads = (_relative_spread(r), None if base is None else _relative_spread(base))
+    if spreads[0] is None or spreads[1] is None:
         return ""
-    return f"±{50 * (r.q3_ns - r.q1_ns) / r.median_ns:.0f}%"
-
-
-def _versus(r: Result) -> str:
-    if r.ratio is not None:
-        return f"{r.ratio:.2f}x {r.baseline}"
-    if r.baseline is None and r.status == "ok":
-        return "(baseline)"
-    return ""
+    return f"±{100 * math.hypot(*spreads):.0f}%"
 
 
 def _goal(r: Result) -> str:
@@ -85,18 +95,34 @@ def _goal(r: Result) -> str:
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """The results as an aligned text table, a blank line between sections, notes below."""
+    """The results as an aligned text table, a blank line between sections, notes below.
+
+    The "vs baseline" column holds the ratio of the case's median to its baseline's, the
+    spread of that ratio, and the baseline's name.
+    """
     header = ("section", "case", "N", "median", "spread", "vs baseline", "goal")
+    by_key = {(r.section, r.n, r.case): r for r in results}
+    versus: list[tuple[str, str, str] | str] = []  # (ratio, its spread, baseline) or a word
+    for r in results:
+        if r.ratio is not None:
+            base = by_key.get((r.section, r.n, r.baseline))
+            versus.append((f"{r.ratio:.2f}x", _ratio_spread(r, base), str(r.baseline)))
+        else:
+            versus.append("(baseline)" if r.baseline is None and r.status == "ok" else "")
+    ratio_width = max((len(v[0]) for v in versus if isinstance(v, tuple)), default=0)
+    spread_width = max((len(v[1]) for v in versus if isinstance(v, tuple)), default=0)
+
     rows: list[tuple[str, ...] | None] = []
     notes: dict[str, str] = {}  # note text -> where it was first seen; repeats print once
     previous = None
-    for r in results:
+    for r, v in zip(results, versus):
         if previous is not None and r.section != previous:
             rows.append(None)
         previous = r.section
         median = format_time(r.median_ns) if r.status == "ok" else r.status
         name = r.case + (" (first call)" if r.cold else "")
-        rows.append((r.section, name, format_n(r.n), median, _spread(r), _versus(r), _goal(r)))
+        vs = v if isinstance(v, str) else f"{v[0]:>{ratio_width}} {v[1]:>{spread_width}} {v[2]}"
+        rows.append((r.section, name, format_n(r.n), median, _spread(r), vs, _goal(r)))
         if r.note and r.note not in notes:
             notes[r.note] = f"{r.section} / {r.case}" + (f" N={format_n(r.n)}" if r.n is not None else "")
     filled = [header, *(row for row in rows if row is not None)]
@@ -112,6 +138,54 @@ def format_table(results: Sequence[Result]) -> str:
     if notes:
         out += ["", "notes:", *(f"  [{where}] {note}" for note, where in notes.items())]
     return "\n".join(out)
+
+
+def format_left_out(left_out: Sequence[tuple[str, str, int | None]]) -> str | None:
+    """One line naming the `(section, case, n)`s that quick mode leaves out; `None` if none."""
+    if not left_out:
+        return None
+    sizes: dict[tuple[str, str], list[int | None]] = {}
+    for section, case, n in left_out:
+        sizes.setdefault((section, case), []).append(n)
+    # Cases left out at the same sizes are named together: "inox manual, nnx jit at N = 10k, 100k".
+    groups: dict[tuple[str, tuple[int | None, ...]], list[str]] = {}
+    for (section, case), ns in sizes.items():
+        groups.setdefault((section, tuple(ns)), []).append(case)
+    parts = []
+    for (section, ns), cases in groups.items():
+        at = "" if ns == (None,) else " at N = " + ", ".join(format_n(n) for n in ns if n is not None)
+        parts.append(f"{section} / {', '.join(cases)}{at}")
+    return (
+        f"left out in quick mode, to keep it short: {'; '.join(parts)}. Run without --quick to measure them."
+    )
+
+
+def format_goals(results: Sequence[Result], command: str) -> str | None:
+    """One line under the table: how many goals were met, what a goal is, how to re-run.
+
+    `command` is how to run `run.py` (e.g. `.venv/bin/python benchmarks/run.py`). `None`
+    when no case has a goal.
+    """
+    judged = [r for r in results if r.goal is not None and r.goal_met is not None]
+    if not judged:
+        return None
+    missed = [r for r in judged if not r.goal_met]
+    sections = list(dict.fromkeys(r.section for r in missed))
+    tally = f"all {len(judged)} met" if not missed else f"{len(judged) - len(missed)} of {len(judged)} met"
+    if missed:
+        tally += f" (MISS: {', '.join(sections)})"
+    example = sections[0] if sections else judged[0].section
+    return (
+        f"goals: {tally}. A goal is the largest ratio to its baseline that larix aims for; a busy or "
+        "noisy machine can miss one, and a MISS does not fail the run. To re-run one section with "
+        f'more samples: {command} --only "{example}"'
+    )
+
+
+SPREAD_LEGEND = (
+    "spread: half the interquartile range of the samples, relative to the median; "
+    "a ratio's spread combines those of its two medians."
+)
 
 
 def format_timing(results: Sequence[Result], elapsed_s: float, slowest: int = 3) -> str:

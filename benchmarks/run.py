@@ -74,6 +74,30 @@ def collect(modules: list[ModuleType], settings: harness.Settings, only: list[st
     return cases, plots
 
 
+def left_out_in_quick_mode(modules: list[ModuleType], only: list[str]) -> list[tuple[str, str, int | None]]:
+    """The `(section, case, n)` of the selected cases that the full run has and quick mode not.
+
+    A module may leave out cases whose set-up is slow in quick mode; the report names them,
+    so that no row vanishes unexplained.
+    """
+    quick = {(c.section, c.name, c.n) for c in collect(modules, harness.QUICK, only)[0]}
+    full = [(c.section, c.name, c.n) for c in collect(modules, harness.FULL, only)[0]]
+    return [key for key in full if key not in quick]
+
+
+def _command() -> str:
+    """How to start this script again from here, e.g. `.venv/bin/python benchmarks/run.py`."""
+    script = Path(__file__).resolve()
+    shown = []
+    # The interpreter is not resolved: a virtual environment's python is a link out of it.
+    for path, fallback in ((Path(sys.executable), "python"), (script, str(script))):
+        try:
+            shown.append(str(path.relative_to(Path.cwd())))
+        except ValueError:
+            shown.append(fallback)
+    return " ".join(shown)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run larix's microbenchmarks and print a table of medians.",
@@ -100,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = harness.QUICK if args.quick else harness.FULL
     mode = "quick" if args.quick else "full"
-    cases, plots = collect(discover(), settings, [s.lower() for s in args.only])
+    only = [s.lower() for s in args.only]
+    modules = discover()
+    cases, plots = collect(modules, settings, only)
+    left_out = left_out_in_quick_mode(modules, only) if args.quick else []
 
     if args.list:
         for c in cases:
@@ -143,12 +170,18 @@ def main(argv: list[str] | None = None) -> int:
         "mode": mode,
         "settings": dataclasses.asdict(settings),
         "argv": sys.argv[1:] if argv is None else argv,
+        "left_out": [{"section": s, "case": c, "n": n} for s, c, n in left_out],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", started),
         "wall_s": round(elapsed, 2),
     }
     report.write_json(json_path, results, meta)
 
     print(report.format_table(results))
+    print()
+    print(report.SPREAD_LEGEND)
+    for line in (report.format_goals(results, _command()), report.format_left_out(left_out)):
+        if line:
+            print(line)
     print()
     for message in messages:
         print(message)

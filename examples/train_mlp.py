@@ -1,6 +1,6 @@
 """Train an MLP classifier with larix and optax on scikit-learn's handwritten digits.
 
-    pip install 'larix[examples]'
+    pip install -e '.[examples]'          # from a clone of larix
     python examples/train_mlp.py                      # 8x8 digits, 10 classes; ~10 s on a CPU
     python examples/train_mlp.py --synthetic          # a tiny generated data set instead
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 import larix
 
-INSTALL_HINT = "pip install 'larix[examples]'"
+INSTALL_HINT = "pip install -e '.[examples]' (from a clone of larix)"
 
 
 def load_data(synthetic: bool, seed: int) -> tuple[np.ndarray, np.ndarray, int]:

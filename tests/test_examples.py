@@ -52,4 +52,4 @@ def test_train_mlp_without_scikit_learn_names_the_extra(tmp_path):
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode != 0
-    assert "pip install 'larix[examples]'" in result.stderr
+    assert "pip install -e '.[examples]'" in result.stderr

@@ -359,9 +359,9 @@ def test_saving_over_a_checkpoint_replaces_it(tmp_path):
 @pytest.mark.parametrize("missing", ["safetensors", "safetensors.numpy"])
 def test_without_safetensors_the_error_says_how_to_install_it(tmp_path, monkeypatch, missing):
     monkeypatch.setitem(sys.modules, missing, None)
-    with pytest.raises(ImportError, match=re.escape('pip install "larix[io]"')):
+    with pytest.raises(ImportError, match=re.escape('pip install -e ".[io]"')):
         larix.io.save(tmp_path / "t.safetensors", {"a": jnp.ones(1)})
-    with pytest.raises(ImportError, match=re.escape('pip install "larix[io]"')):
+    with pytest.raises(ImportError, match=re.escape('pip install -e ".[io]"')):
         larix.io.load(tmp_path / "t.safetensors", {"a": jnp.ones(1)})
     assert list(tmp_path.iterdir()) == []
 

@@ -9,6 +9,9 @@ steps on the whole batch.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +22,7 @@ import numpy as np
 import pytest
 
 from distributed_helpers import make_data, make_model, parameters, subprocess_env, train
+from markdown_code import DOCS, code_blocks
 
 STEPS = 3
 BATCH = 32
@@ -123,3 +127,45 @@ def test_two_process_data_parallel_training(tmp_path):
     assert set(want) | {"losses"} == set(results[0])
     for key, value in want.items():
         np.testing.assert_allclose(results[0][key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_the_docs_recipe_runs_as_written(tmp_path):
+    # docs/transforms.md, "Several hosts": the page's own train.py and shell commands, as a
+    # reader would copy them (only the port is changed, to a free one).
+    blocks = code_blocks(DOCS / "transforms.md")
+    scripts = [b for b in blocks if b.is_recipe and b.code.startswith("# train.py:")]
+    commands = [b for b in blocks if b.lang == "bash" and "python train.py 0 2" in b.code]
+    assert len(scripts) == 1 and len(commands) == 1, "the multi-host recipe has moved; update this test"
+    (tmp_path / "train.py").write_text(scripts[0].code)
+    assert "127.0.0.1:12345" in commands[0].code
+    shell = commands[0].code.replace("127.0.0.1:12345", f"127.0.0.1:{_free_port()}")
+
+    # `python` in the commands is this interpreter (a script, not a link: a link to a
+    # virtual environment's python outside it would not find the environment).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    env = subprocess_env(devices=1)
+    env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
+    env["PYTHONWARNINGS"] = "error"
+    process = subprocess.Popen(
+        ["bash", "-c", shell],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: both workers can be stopped together
+    )
+    try:
+        out, _ = process.communicate(timeout=TIMEOUT_S + 30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        pytest.fail(f"the recipe ran for more than {TIMEOUT_S + 30} s:\n{out[-4000:]}")
+    # `wait` hides the background process's exit status: look for its traceback too.
+    assert process.returncode == 0 and "Traceback" not in out, f"the recipe failed:\n{out[-4000:]}"
+    printed = re.findall(r"^loss after 20 steps: (\S+)$", out, re.MULTILINE)
+    assert len(printed) == 1, f"process 0 should print its loss once:\n{out[-4000:]}"
+    assert 0 < float(printed[0]) < 1

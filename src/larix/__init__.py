@@ -65,6 +65,7 @@ from ._shard import named_shardings as named_shardings
 from ._state_dict import load_state_dict as load_state_dict
 from ._state_dict import plan_state_dict as plan_state_dict
 from ._state_dict import state_dict as state_dict
+from ._summary import summary as summary
 from ._tree import apply_updates as apply_updates
 from ._tree import if_array as if_array
 from ._tree import tree_allclose as tree_allclose

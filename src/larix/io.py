@@ -3,7 +3,7 @@
 Each array is stored under the key that [`larix.split`][] gives it (`"layers.0.weight"`),
 so a checkpoint names what it holds, loads regardless of leaf order, and is readable by
 any safetensors reader (PyTorch, Flax, Rust, ...). Python scalar leaves go, exactly, in the
-file's metadata. Needs the optional package safetensors: `pip install "larix[io]"`.
+file's metadata. Needs the optional package safetensors: `pip install -e ".[io]"` from a clone of larix.
 This module imports it only when a function is called, so `import larix` stays light.
 
 The promise is that a checkpoint loses nothing: every array and scalar leaf is saved
@@ -88,7 +88,7 @@ def _safetensors() -> Any:
         import safetensors.numpy
     except ImportError as error:
         raise ImportError(
-            'larix.io needs the optional package safetensors. Install it with: pip install "larix[io]"'
+            'larix.io needs the optional package safetensors. Install it from a clone of larix with: pip install -e ".[io]"'
         ) from error
     return safetensors
 
