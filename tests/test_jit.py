@@ -1096,7 +1096,7 @@ def test_lowered_compile_takes_compiler_options_and_exposes_jax_stages():
     np.testing.assert_array_equal(compiled(jnp.ones(3)), 2 * np.ones(3))
     assert callable(compiled.memory_analysis)  # delegated to jax.stages.Compiled
     with pytest.raises(AttributeError):
-        compiled.no_such_attribute  # noqa: B018
+        compiled.no_such_attribute
 
 
 def test_aot_compiled_call_refuses_other_statics_after_clear_caches():
@@ -1119,17 +1119,17 @@ def test_traces_as_often_as_equinox(form):
     eqx = pytest.importorskip("equinox")
     counts = {}
     for lib in (larix, eqx):
-        traces = []
+        traces: list[int] = []
 
         class M(lib.Module):
             w: Any
 
-            def __call__(self, x):
+            def __call__(self, x, traces=traces):
                 traces.append(1)
                 return self.w * x
 
             @lib.filter_jit
-            def method(self, x):
+            def method(self, x, traces=traces):
                 traces.append(1)
                 return self.w * x
 
