@@ -90,7 +90,7 @@ def test_closure_convert_hoists_closed_over_tracers():
         z = x + y
         g = larix.filter_closure_convert(lambda a, label: (z * a, label), jnp.array(1.0), "q")
         assert len(g.consts) == 1 and g.consts[0] is z
-        assert jtu.tree_leaves(g) == [z]
+        assert jtu.tree_leaves(larix.filter(g, larix.is_array)) == [z]
         out, label = g(jnp.array(2.0), "q")
         assert label == "q"
         return out
@@ -100,14 +100,52 @@ def test_closure_convert_hoists_closed_over_tracers():
 
 def test_closure_convert_matches_the_function_and_hoists_every_array():
     m = make_linear()
-    n = jnp.array([1, 2, 3])
-    fn = lambda x, scale: m(x) * scale + n  # noqa: E731
-    g = larix.filter_closure_convert(fn, jnp.ones(4), 2.0)
     x = jnp.arange(4.0)
-    np.testing.assert_allclose(g(x, 2.0), fn(x, 2.0), rtol=1e-6)
-    # Integer arrays are hoisted too, not only floating-point ones.
-    assert any(c is n for c in g.consts)
-    np.testing.assert_allclose(jax.jit(lambda g, x: g(x, 2.0))(g, x), fn(x, 2.0), rtol=1e-6)
+
+    @jax.jit
+    def run(m, n):
+        fn = lambda x, scale: m(x) * scale + n  # noqa: E731
+        g = larix.filter_closure_convert(fn, jnp.ones(4), 2.0)
+        # Integer arrays are hoisted too, not only floating-point ones.
+        assert any(c is n for c in g.consts) and any(c is m.weight for c in g.consts)
+        return g(x, 2.0), fn(x, 2.0), larix.filter_jit(lambda g, x: g(x, 2.0))(g, x)
+
+    out, expected, jitted = run(m, jnp.array([1, 2, 3]))
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    np.testing.assert_allclose(jitted, expected, rtol=1e-6)
+
+
+def test_closure_convert_of_concrete_closures_and_structs():
+    # Closing over concrete arrays needs no conversion (as in Equinox): the function is kept.
+    z = jnp.arange(2.0)
+    g = larix.filter_closure_convert(lambda a: a * z, jax.ShapeDtypeStruct((2,), jnp.float32))
+    assert type(g).__name__ == "_TrivialClosureConvert"
+    assert g.in_struct == ((jax.ShapeDtypeStruct((2,), jnp.float32),), {})
+
+    @jax.jit
+    def run(z):
+        # Example arguments may be ShapeDtypeStructs.
+        h = larix.filter_closure_convert(lambda a: a * z, jax.ShapeDtypeStruct((2,), jnp.float32))
+        return h(jnp.ones(2))
+
+    np.testing.assert_allclose(run(z), z)
+
+
+def test_closure_convert_jaxpr_is_a_leaf_so_combine_takes_either():
+    # optimistix combines the arrays of one conversion with the rest of another.
+    @jax.jit
+    def run(z):
+        fn = lambda a: jnp.sin(a) * z  # noqa: E731
+        first = larix.filter_closure_convert(fn, jnp.ones(2))
+        second = larix.filter_closure_convert(fn, jnp.ones(2))
+        assert first.jaxpr is not second.jaxpr
+        mixed = larix.combine(
+            larix.filter(first, larix.is_array), larix.filter(second, larix.is_array, inverse=True)
+        )
+        assert mixed.jaxpr is second.jaxpr
+        return mixed(jnp.ones(2))
+
+    np.testing.assert_allclose(run(jnp.ones(2)), jnp.sin(1.0) * jnp.ones(2), rtol=1e-6)
 
 
 def test_closure_convert_with_modules_and_keywords_inside_custom_vjp():
@@ -135,10 +173,51 @@ def test_closure_convert_with_modules_and_keywords_inside_custom_vjp():
 
 
 def test_closure_convert_errors():
-    g = larix.filter_closure_convert(lambda a, s: a * s, jnp.ones(2), 3)
-    with pytest.raises(ValueError, match=r"shapes and dtypes of its example arguments.*float32\[2\].*float32\[3\].*again"):
-        g(jnp.ones(3), 3)
-    with pytest.raises(ValueError, match=r"non-array arguments differ.*convert it again"):
-        g(jnp.ones(2), 4)
+    @jax.jit
+    def run(z):
+        g = larix.filter_closure_convert(lambda a, s: a * s + z, jnp.ones(2), 3)
+        with pytest.raises(
+            ValueError, match=r"shapes and dtypes of its example arguments.*float32\[2\].*float32\[3\].*again"
+        ):
+            g(jnp.ones(3), 3)
+        with pytest.raises(ValueError, match=r"non-array arguments differ.*convert it again"):
+            g(jnp.ones(2), 4)
+        return z
+
+    run(jnp.arange(2.0))
     with pytest.raises(TypeError, match=r"larix\.filter_closure_convert takes the function"):
         larix.filter_closure_convert(3)
+
+
+def test_closure_convert_trivial_function_and_out_struct():
+    g = larix.filter_closure_convert(lambda a: a + 1, jnp.array(1))
+    assert type(g).__name__ == "_TrivialClosureConvert"  # Equinox's name, which its tests check
+    assert g.out_struct == jax.ShapeDtypeStruct((), jnp.int32)
+    assert int(g(jnp.array(2))) == 3
+    z = jnp.ones(2)
+    h = larix.filter_closure_convert(lambda a: (a * z, "tag"), jnp.array(1.0))
+    assert h.out_struct == (jax.ShapeDtypeStruct((2,), jnp.float32), "tag")
+
+
+def test_closure_convert_keeps_tracers_and_works_with_custom_jvp():
+    @larix.filter_custom_jvp
+    def call(f, x):
+        return f(x)
+
+    @call.def_jvp
+    def call_jvp(primals, tangents):
+        f, x = primals
+        tf, tx = tangents
+        total = sum(jnp.sum(t) for t in jax.tree_util.tree_leaves((tf, tx)))
+        out = call(f, x)
+        return out, jnp.full(out.shape, total, out.dtype)
+
+    @jax.grad
+    def run(x):
+        x1, x2 = x
+        f = larix.filter_closure_convert(lambda y: x1 * y + x2, 3.0)
+        assert f.consts[0] is x1 or f.consts[0] is x2  # the tracers themselves
+        return call(f, 3.0)
+
+    grads = run((2.0, 4.0))
+    assert [float(g) for g in grads] == [1.0, 1.0]

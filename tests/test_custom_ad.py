@@ -100,15 +100,37 @@ def test_custom_jvp_errors():
     with pytest.raises(ValueError, match=r"JVP rule returned a tangent with structure.*output's structure"):
         jax.jvp(f, (jnp.array(1.0),), (jnp.array(1.0),))
 
-    @larix.filter_custom_jvp
-    def g(x):
-        return x, "label"
-
-    g.def_jvp(lambda p, t: (g(*p), t))
-    with pytest.raises(TypeError, match=r"returned 'label'.*must return arrays"):
-        g(jnp.array(1.0))
     with pytest.raises(TypeError, match=r"larix\.filter_custom_jvp takes the function"):
         larix.filter_custom_jvp(3)
+
+
+def test_custom_jvp_non_array_outputs_and_python_numbers():
+    # As in Equinox: non-array outputs are returned as they are, with a None tangent; a
+    # Python number computed from Python numbers stays one.
+    @larix.filter_custom_jvp
+    def g(x, fn):
+        return fn(x), "label"
+
+    @g.def_jvp
+    def g_jvp(primals, tangents):
+        x, fn = primals
+        tx, tfn = tangents
+        assert tfn is None
+        return g(x, fn), (3.0 * tx, None)
+
+    def square(a):
+        return a**2 + 1
+
+    assert g(1, square) == (2, "label")
+    assert g(2.0, square) == (5.0, "label")
+    (out, label), (t_out, t_label) = larix.filter_jvp(
+        lambda x: g(x, square), (jnp.array(2.0),), (jnp.array(1.0),)
+    )
+    assert float(out) == 5.0 and label == "label" and float(t_out) == 3.0 and t_label is None
+    # A Python float perturbed by jax.jvp reaches the rule with its tangent (JAX hands the
+    # rule a float subclass, not an array).
+    _, t_out = jax.jvp(lambda x: g(x, square)[0], (2.0,), (1.0,))
+    assert float(t_out) == 3.0
 
 
 # --------------------------------------------------------------------------- filter_custom_vjp
@@ -154,13 +176,17 @@ def test_custom_vjp_forward_without_differentiation_calls_fn():
     assert float(out) == 20.0 and "perturbed" not in calls
 
 
-def test_custom_vjp_other_arguments_get_zero_gradient_and_unperturbed_leaves_are_false():
+def test_custom_vjp_differentiating_another_argument_raises_and_unperturbed_leaves_are_false():
     clip_grad, calls = _make_clip()
     bound = jnp.array(100.0)
-    # Differentiate w.r.t. `bound` (a later argument): the rule only covers vjp_arg.
-    grad = jax.grad(lambda b: clip_grad((jnp.array(2.0), jnp.array(3.0), "t"), b, label="l"))(bound)
-    assert float(grad) == 0.0
-    assert calls["perturbed"] == (False, False, False)
+    # Differentiating w.r.t. `bound` (a later argument) raises, as in Equinox: the rule only
+    # gives the gradient of vjp_arg.
+    with pytest.raises(RuntimeError, match=r"not in its first argument.*move everything"):
+        jax.grad(lambda b: clip_grad((jnp.array(2.0), jnp.array(3.0), "t"), b, label="l"))(bound)
+    # Only the first leaf of vjp_arg is perturbed.
+    grad = jax.grad(lambda a: clip_grad((a, jnp.array(3.0), "t"), bound, label="l"))(jnp.array(2.0))
+    assert float(grad) == 3.0
+    assert calls["perturbed"] == (True, False, False)
 
 
 def test_custom_vjp_matches_plain_gradient_when_rule_is_exact_under_jit_and_vmap():
@@ -203,3 +229,66 @@ def test_custom_vjp_errors():
         f(x=jnp.array(1.0))
     with pytest.raises(ValueError, match=r"backward rule of f returned a gradient with structure.*structure of the first argument"):
         jax.grad(f)(jnp.array(1.0))
+
+
+def test_custom_vjp_non_array_outputs_residuals_and_symbolic_zero_cotangents():
+    seen = {}
+
+    @larix.filter_custom_vjp
+    def f(x_y, *, foo):
+        x, y = x_y
+        return x + y + foo, x, y, foo
+
+    @f.def_fwd
+    def f_fwd(perturbed, x_y, *, foo):
+        seen["perturbed"] = perturbed
+        return f(x_y, foo=foo), object()  # a residual that is not an array
+
+    @f.def_bwd
+    def f_bwd(residuals, ct, perturbed, x_y, *, foo):
+        seen["ct"] = ct
+        ct1, _, ct3, _ = ct
+        return ct1, ct3
+
+    def loss(x, y):
+        out1, _, out3, _ = f((x, jnp.array(1.0)), foo=y)
+        return out1 + out3
+
+    assert float(jax.grad(loss)(1.0, 2.0)) == 1.0
+    assert seen["perturbed"] == (True, False)
+    ct1, ct2, ct3, ct4 = seen["ct"]
+    # out2 is unused (a symbolic zero) and out4 is a Python float: None for both.
+    assert ct1 is not None and ct2 is None and ct3 is not None and ct4 is None
+
+
+def test_custom_vjp_defvjp_is_deprecated_but_works():
+    @larix.filter_custom_vjp
+    def f(x):
+        a, b = x
+        return a + 1, b + 2, b + 3
+
+    def f_fwd(x):
+        return f(x), None
+
+    def f_bwd(res, g, x):
+        g0, g1, g2 = g  # the older form: zeros, never None, for floating-point outputs
+        return g0 + g1, g2
+
+    with pytest.warns(UserWarning, match="defvjp is deprecated"):
+        f.defvjp(f_fwd, f_bwd)
+    grads = jax.grad(lambda x: f(x)[0] + f(x)[2])((jnp.array(1.0), jnp.array(1.0)))
+    assert [float(g) for g in grads] == [1.0, 1.0]
+
+
+def test_custom_jvp_differentiating_a_keyword_argument_raises():
+    @larix.filter_custom_jvp
+    def h(x, *, k):
+        return x * k
+
+    @h.def_jvp
+    def h_jvp(primals, tangents, *, k):
+        return h(*primals, k=k), tangents[0] * k
+
+    assert float(jax.grad(lambda x: h(x, k=jnp.array(3.0)))(jnp.array(1.0))) == 3.0
+    with pytest.raises(ValueError, match="keyword arguments are never differentiated"):
+        jax.grad(lambda k: h(jnp.array(1.0), k=k))(2.0)

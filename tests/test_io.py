@@ -80,7 +80,7 @@ def test_mlp_round_trip_into_a_fresh_model_and_into_placeholders(tmp_path):
 
 def test_batch_norm_model_and_state_round_trip(tmp_path):
     make = larix.nn.make_with_state(larix.nn.BatchNorm)
-    model, state = make(3, "batch")
+    model, state = make(3, "batch", mode="ema")
     run = larix.filter_vmap(
         lambda m, v, s: m(v, s), in_axes=(None, 0, None), out_axes=(0, None), axis_name="batch"
     )
@@ -92,7 +92,7 @@ def test_batch_norm_model_and_state_round_trip(tmp_path):
         "state.ema_state_index.0",
         "state.ema_first_time_index",
     }
-    fresh_model, fresh_state = make(3, "batch")
+    fresh_model, fresh_state = make(3, "batch", mode="ema")
     loaded = larix.io.load(tmp_path / "bn.safetensors", {"model": fresh_model, "state": fresh_state})
     assert_identical(loaded, tree)
     assert isinstance(loaded["state"], larix.nn.State)

@@ -139,3 +139,21 @@ def test_vjp_under_vmap_gives_per_example_cotangents():
 
     xs = jnp.linspace(0, 1, 5)
     np.testing.assert_allclose(larix.filter_vmap(per_example)(xs), jnp.cos(xs), rtol=1e-6)
+
+
+def test_jvp_outputs_that_do_not_depend_on_the_perturbed_inputs_get_none():
+    # As in Equinox: JAX's symbolic zeros come back as None, also for an array carrying a
+    # tangent of an enclosing filter_jvp.
+    def outer(x):
+        def inner(y):
+            return y, x, jnp.ones(2)
+
+        (a, _, _), (ta, tb, tc) = larix.filter_jvp(inner, (x,), (1.0,))
+        assert ta is not None and tb is None and tc is None
+        return a
+
+    larix.filter_jvp(outer, (1.0,), (1.0,))
+    _, tangents = larix.filter_jvp(
+        lambda x, y: (x * 2, y * 2), (jnp.array(1.0), jnp.array(1.0)), (None, None)
+    )
+    assert tangents == (None, None)

@@ -92,14 +92,40 @@ def test_functions():
     def local(x):
         return x
 
-    assert larix.tree_pformat(jax.nn.relu) == "<function relu>"
-    assert larix.tree_pformat(jax.nn.gelu) == "<function gelu>"
+    @functools.wraps(local)
+    def wrapper(x):
+        return x
+
     assert larix.tree_pformat(local) == "<function test_functions.<locals>.local>"
-    assert larix.tree_pformat(jax.jit(local)) == "<wrapped function test_functions.<locals>.local>"
+    assert larix.tree_pformat(wrapper) == "<wrapped function test_functions.<locals>.local>"
+    assert larix.tree_pformat(jax.vmap(local)) == "<wrapped function test_functions.<locals>.local>"
+    assert larix.tree_pformat(jax.custom_jvp(local)) == "<function test_functions.<locals>.local>"
     assert larix.tree_pformat(functools.partial(local, 1)) == (
         "partial(<function test_functions.<locals>.local>, 1)"
     )
-    assert larix.tree_pformat(Linear) == repr(Linear)
+    # Deliberately unlike Equinox (which prints a jitted function's repr, with its memory
+    # address), a jitted function prints as the function it wraps: the text is stable.
+    # jax.nn.relu is a custom_jvp of a jitted function.
+    assert larix.tree_pformat(jax.jit(local)) == "<function test_functions.<locals>.local>"
+    assert larix.tree_pformat(jax.nn.relu) == "<function relu>"
+    assert larix.tree_pformat(jax.jit(jax.nn.relu)) == "<function relu>"
+    assert larix.tree_pformat(print) == "<built-in function print>"
+    # Classes by qualified name, builtins without their module.
+    assert larix.tree_pformat([int, Linear]) == "[int, conftest.Linear]"
+
+
+def test_functions_print_as_in_equinox():
+    equinox = pytest.importorskip("equinox")
+
+    class Local:
+        pass
+
+    def f(x):
+        return x
+
+    objects = [jax.vmap(f), jax.custom_vjp(f), jax.custom_jvp(f), jnp.sum, np.sum, Local, int, f, print]
+    for obj in objects:
+        assert larix.tree_pformat(obj) == equinox.tree_pformat(obj)
 
 
 def test_short_arrays_false_struct_as_array_and_truncate_leaf():

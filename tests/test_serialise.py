@@ -150,14 +150,14 @@ def test_bfloat16_and_float8_round_trip_into_arrays_and_structs():
 
 def test_model_with_batch_norm_state_round_trips(tmp_path):
     make = larix.nn.make_with_state(larix.nn.BatchNorm)
-    model, state = make(3, "batch")
+    model, state = make(3, "batch", mode="ema")
     x = jnp.arange(12.0).reshape(4, 3)
     run = larix.filter_vmap(
         lambda m, v, s: m(v, s), in_axes=(None, 0, None), out_axes=(0, None), axis_name="batch"
     )
     _, state = run(model, x, state)
     larix.tree_serialise_leaves(tmp_path / "bn.eqx", (model, state))
-    fresh_model, fresh_state = make(3, "batch")
+    fresh_model, fresh_state = make(3, "batch", mode="ema")
     loaded_model, loaded_state = larix.tree_deserialise_leaves(
         tmp_path / "bn.eqx", (fresh_model, fresh_state)
     )
@@ -547,3 +547,22 @@ def test_box_modules_round_trip(tmp_path):
     tree = Box(Pair(jnp.ones(2), 3.0, tag="q"), scale=2.0)
     larix.tree_serialise_leaves(Path(tmp_path) / "box", tree)
     assert_identical(larix.tree_deserialise_leaves(Path(tmp_path) / "box", zeros_like_tree(tree)), tree)
+
+
+def test_deserialise_mismatch_is_a_runtime_error_with_equinox_sentences(tmp_path):
+    # Code written for Equinox catches RuntimeError and matches its wording.
+    path = tmp_path / "tree.eqx"
+    larix.tree_serialise_leaves(path, (jnp.array(1), {"a": jnp.array(1), "b": jnp.array(1)}))
+    like = (jnp.array(2), {"a": jnp.array(2, dtype=jnp.float32), "b": jnp.zeros(3, jnp.int32)})
+    with pytest.raises(
+        RuntimeError,
+        match=r"Deserialised leaf at path \(SequenceKey\(idx=1\), DictKey\(key='a'\)\) has changed dtype from float32 in `like` to int32 on disk",
+    ) as info:
+        larix.tree_deserialise_leaves(path, like)
+    assert isinstance(info.value, ValueError)
+    assert "DictKey(key='b')) has changed shape from (3,) in `like` to () on disk" in str(info.value)
+    larix.tree_serialise_leaves(path, (jnp.array(1), {}))
+    with pytest.raises(
+        RuntimeError, match=r"Error at leaf with path \(SequenceKey\(idx=1\), DictKey\(key='a'\)\)"
+    ):
+        larix.tree_deserialise_leaves(path, (jnp.array(2), {"a": jnp.array(2), "b": jnp.array(2)}))

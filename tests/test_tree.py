@@ -610,3 +610,14 @@ def test_if_array():
 def test_if_array_matches_equinox(leaf):
     eqx = pytest.importorskip("equinox")
     assert larix.if_array(2)(leaf) == eqx.if_array(2)(leaf)
+
+
+def test_tree_at_keeps_nones_as_nones_for_where_as_equinox_does():
+    # diffrax selects `[x for x in t if x is not None]`: the Nones must not be selected.
+    out = larix.tree_at(lambda t: [x for x in t if x is not None], [None, jnp.ones(2)], replace_fn=lambda x: x + 1)
+    assert out[0] is None
+    np.testing.assert_array_equal(out[1], 2 * np.ones(2))
+    assert larix.tree_at(lambda t: t.a, Pair(None, 1), 5).a == 5  # the only None: selectable
+    with pytest.raises(ValueError, match=r"has 2 None values.*is_leaf=lambda x: x is None"):
+        larix.tree_at(lambda y: y[0], (None, None, 0), True)
+    assert larix.tree_at(lambda y: y[0], (None, None, 0), True, is_leaf=lambda x: x is None) == (True, None, 0)

@@ -226,3 +226,24 @@ def test_error_output_specs():
         larix.filter_vmap(lambda x: x, out_axes=3)(jnp.ones((3, 2)))
     with pytest.raises(ValueError, match=r"out_axes must be a pytree prefix of the output"):
         larix.filter_vmap(lambda x: x, out_axes=(0, 0))(jnp.ones(3))
+
+
+def test_out_axes_for_python_numbers_broadcasts_them():
+    # As in Equinox: an int axis for a Python number makes it an array, the same for every
+    # element of the batch; an axis of None returns it once.
+    assert larix.filter_vmap(lambda x: x, out_axes=None, axis_size=5)(1) == 1
+    np.testing.assert_array_equal(
+        larix.filter_vmap(lambda x: x, out_axes=0, axis_size=5)(1), jnp.ones(5, int)
+    )
+    out = larix.filter_vmap(lambda x: (x, [2, 3.0]), out_axes=(0, [0, None]))(jnp.ones((2, 3)))
+    assert out[1][0].tolist() == [2, 2] and out[1][1] == 3.0
+    with pytest.raises(TypeError, match=r"only arrays \(and Python numbers\) can be batched"):
+        larix.filter_vmap(lambda x: (x, "a"), out_axes=0)(jnp.ones(3))
+
+
+def test_in_axes_naming_a_parameter_left_at_its_default_raises():
+    out = larix.filter_vmap(lambda x, y=1: x + y, in_axes={"x": 0})(jnp.ones(3))
+    np.testing.assert_array_equal(out, 2 * jnp.ones(3))
+    for spec in (0, None):
+        with pytest.raises(ValueError, match=r"in_axes names 'y', but the call did not pass it"):
+            larix.filter_vmap(lambda x, y=1: x, in_axes={"y": spec})(jnp.ones(3))

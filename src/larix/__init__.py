@@ -1,6 +1,7 @@
 """larix: pytree-native neural networks for JAX."""
 
 from . import debug as debug
+from . import internal as internal
 from . import interop as interop
 from . import io as io
 from . import nn as nn
@@ -54,6 +55,7 @@ from ._pmap import filter_pmap as filter_pmap
 from ._precision import tree_cast as tree_cast
 from ._scan import Stacked as Stacked
 from ._scan import stack as stack
+from ._serialise import DeserialiseMismatchError as DeserialiseMismatchError
 from ._serialise import default_deserialise_filter_spec as default_deserialise_filter_spec
 from ._serialise import default_serialise_filter_spec as default_serialise_filter_spec
 from ._serialise import tree_deserialise_leaves as tree_deserialise_leaves
@@ -74,5 +76,6 @@ from ._tree import tree_check as tree_check
 from ._tree import tree_equal as tree_equal
 from ._tree import tree_flatten_one_level as tree_flatten_one_level
 from ._vmap import filter_vmap as filter_vmap
+from .internal._enum import Enumeration as Enumeration
 
 __version__ = "0.1.0"

@@ -22,6 +22,10 @@ def _is_struct(x: Any) -> bool:
     return isinstance(x, jax.ShapeDtypeStruct)
 
 
+def _is_array_or_struct(x: Any) -> bool:
+    return is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+
+
 def filter_pure_callback(
     callback: Callable[..., Any],
     *args: Any,
@@ -109,13 +113,19 @@ def filter_pure_callback(
 class _ClosureConverted(Module):
     """A traced function whose closed-over arrays are leaves: see `filter_closure_convert`."""
 
-    jaxpr: Any = field(static=True)
+    # A leaf, not a static field (as in Equinox): two conversions of the same function give
+    # two jaxprs, equal only by identity, and a static field would make their trees differ.
+    # As a non-array leaf it goes with the static half of `partition`, so that
+    # `combine(filter(a, is_array), filter(b, is_array, inverse=True))` takes b's (optimistix
+    # relies on this).
+    jaxpr: Any
     consts: list[Any]
     in_structs: tuple[jax.ShapeDtypeStruct, ...] = field(static=True)
     in_def: Any = field(static=True)
     # Static parts are kept flat, (leaves, treedef), so that they stay hashable.
     in_static: tuple[tuple[Any, ...], Any] = field(static=True)
     out_def: Any = field(static=True)
+    out_structs: tuple[jax.ShapeDtypeStruct, ...] = field(static=True)
     out_static: tuple[tuple[Any, ...], Any] = field(static=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -140,6 +150,41 @@ class _ClosureConverted(Module):
         out = jax.core.eval_jaxpr(self.jaxpr, self.consts, *leaves)
         return combine(self.out_def.unflatten(out), _unflatten(self.out_static))
 
+    @property
+    def in_struct(self) -> Any:
+        """The example arguments `(args, kwargs)`, with `jax.ShapeDtypeStruct`s for the arrays."""
+        return combine(self.in_def.unflatten(list(self.in_structs)), _unflatten(self.in_static))
+
+    @property
+    def out_struct(self) -> Any:
+        """The output, with `jax.ShapeDtypeStruct`s for the arrays."""
+        return combine(self.out_def.unflatten(list(self.out_structs)), _unflatten(self.out_static))
+
+
+class _TrivialClosureConvert(Module):
+    """`filter_closure_convert` of a function that closes over no arrays: the function itself.
+
+    Named as in Equinox, whose tests check the name.
+    """
+
+    fn: Callable[..., Any]
+    # Kept flat, (leaves, treedef), so that they stay hashable: see `in_struct`, `out_struct`.
+    in_flat: tuple[tuple[Any, ...], Any] = field(static=True)
+    out_flat: tuple[tuple[Any, ...], Any] = field(static=True)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def in_struct(self) -> Any:
+        """The example arguments `(args, kwargs)`, with `jax.ShapeDtypeStruct`s for the arrays."""
+        return _unflatten(self.in_flat)
+
+    @property
+    def out_struct(self) -> Any:
+        """The output, with `jax.ShapeDtypeStruct`s for the arrays."""
+        return _unflatten(self.out_flat)
+
 
 def _flatten(tree: Any) -> tuple[tuple[Any, ...], Any]:
     leaves, treedef = jtu.tree_flatten(tree)
@@ -162,10 +207,13 @@ def filter_closure_convert(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
     **Arguments:**
 
     - `fn`: the function, called as `fn(*args, **kwargs)`.
-    - `*args`, `**kwargs`: example arguments. Their arrays fix the shapes and dtypes the
-      converted function accepts; their other leaves are constants it requires.
+    - `*args`, `**kwargs`: example arguments. Their arrays (or `jax.ShapeDtypeStruct`s)
+      fix the shapes and dtypes the converted function accepts; their other leaves are
+      constants it requires.
 
-    **Returns:** a callable Module with the arguments and outputs of `fn`.
+    **Returns:** a callable Module with the arguments and outputs of `fn`. When `fn`
+    closes over no tracers, there is nothing to convert: the Module just calls `fn` (its
+    type is then `_TrivialClosureConvert`, as in Equinox).
 
     **Raises:** `ValueError` when the converted function is called with arrays of other
     shapes or dtypes, or with different non-array arguments.
@@ -173,17 +221,18 @@ def filter_closure_convert(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
     !!! example
         ```python
         >>> import jax, jax.numpy as jnp, larix
-        >>> z = jnp.array([1.0, 2.0])
-        >>> g = larix.filter_closure_convert(lambda a, scale: z * a * scale, jnp.array(0.0), 3)
-        >>> jax.tree_util.tree_leaves(g)
-        [Array([1., 2.], dtype=float32)]
-        >>> g(jnp.array(2.0), 3)
+        >>> @jax.jit
+        ... def f(z):
+        ...     g = larix.filter_closure_convert(lambda a, scale: z * a * scale, jnp.array(0.0), 3)
+        ...     assert g.consts[0] is z  # the tracer `z` is now a leaf of `g`
+        ...     return g(jnp.array(2.0), 3)
+        >>> f(jnp.array([1.0, 2.0]))
         Array([ 6., 12.], dtype=float32)
 
         ```
     """
     check_callable(fn, "filter_closure_convert", "*example_args")
-    dynamic, static = partition((args, kwargs), is_array)
+    dynamic, static = partition((args, kwargs), _is_array_or_struct)
     leaves, treedef = jtu.tree_flatten(dynamic)
     out_box = Box()
 
@@ -194,9 +243,16 @@ def filter_closure_convert(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
         out_box.value = (out_def, out_static)
         return out_leaves
 
-    closed = jax.make_jaxpr(traced)(*leaves)
+    closed, out_shapes = jax.make_jaxpr(traced, return_shape=True)(*leaves)
     out_def, out_static = out_box.value
     structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)
+    out_structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in out_shapes)
+    if not any(isinstance(c, jax.core.Tracer) for c in closed.consts):
+        # No tracer closed over (concrete arrays are fine to close over, as in Equinox): keep
+        # the function, and skip evaluating a jaxpr on each call.
+        in_struct = combine(treedef.unflatten(list(structs)), static)
+        out_struct = combine(out_def.unflatten(list(out_structs)), out_static)
+        return _TrivialClosureConvert(fn, _flatten(in_struct), _flatten(out_struct))
     return _ClosureConverted(
-        closed.jaxpr, list(closed.consts), structs, treedef, _flatten(static), out_def, _flatten(out_static)
+        closed.jaxpr, list(closed.consts), structs, treedef, _flatten(static), out_def, out_structs, _flatten(out_static)
     )

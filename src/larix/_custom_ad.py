@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from ._filters import is_array, is_inexact_array
+from ._filters import is_array, is_array_like, is_inexact_array
 from ._partition import combine, partition
 from ._wrappers import Box, check_callable, leaves_up_to
 
@@ -19,36 +20,58 @@ __all__ = ["filter_custom_jvp", "filter_custom_vjp"]
 
 
 def _zero_tangent(primal: Any) -> Any:
-    if jnp.issubdtype(primal.dtype, jnp.inexact):
-        return jnp.zeros(primal.shape, primal.dtype)
-    return np.zeros(primal.shape, jax.dtypes.float0)  # what JAX expects for integer outputs
+    aval = jax.typeof(primal)  # also for Python numbers, which have no `.dtype`
+    if jnp.issubdtype(aval.dtype, jnp.inexact):
+        return jnp.zeros(aval.shape, aval.dtype)
+    return np.zeros(aval.shape, jax.dtypes.float0)  # what JAX expects for integer outputs
 
 
-def _fill_tangents(name: str, rule: str, what: str, out: Any, tangents: Any) -> Any:
-    """`tangents` (output structure, `None` = zero) as a full tree of JAX tangents."""
+def _is_inexact(x: Any) -> bool:
+    # By dtype, not type: under `jax.jvp` of a Python float, the primal JAX hands a rule is
+    # a float subclass with a dtype, not an array.
+    try:
+        return bool(jnp.issubdtype(jax.typeof(x).dtype, jnp.inexact))
+    except TypeError:
+        return False
+
+
+def _split_output(out: Any, box: Box) -> list[Any]:
+    """The array leaves of an output; the rest (structure, other leaves) goes in `box`.
+
+    JAX's custom rules return arrays and Python numbers only: other outputs (a string, a
+    function) travel outside, as the static part of the output. Python numbers go through
+    JAX, as in Equinox: under `jax.jvp` of a Python float, JAX hands the function a float
+    subclass, and what it computes from it carries a tangent.
+    """
     leaves, treedef = jtu.tree_flatten(out)
+    positions = tuple(i for i, x in enumerate(leaves) if is_array_like(x))
+    box.value = (treedef, positions, [None if i in positions else x for i, x in enumerate(leaves)])
+    return [leaves[i] for i in positions]
+
+
+def _merge_output(box: Box, arrays: list[Any], static: bool = True) -> Any:
+    """The output from its arrays; with `static=False`, `None` at the non-array leaves."""
+    treedef, positions, leaves = box.value
+    leaves = list(leaves) if static else [None] * len(leaves)
+    for i, x in zip(positions, arrays):
+        leaves[i] = x
+    return treedef.unflatten(leaves)
+
+
+def _tangents_of_arrays(name: str, box: Box, arrays: list[Any], tangents: Any) -> list[Any]:
+    """The JAX tangents of an output's arrays, from `tangents` (output structure, `None` = zero)."""
+    treedef, positions, _ = box.value
     given = leaves_up_to(treedef, tangents)
     if given is None:
         raise ValueError(
-            f"larix.{name}: the {rule} rule returned {what} with structure "
+            f"larix.{name}: the JVP rule returned a tangent with structure "
             f"{jtu.tree_structure(tangents)}, but it must have the output's structure "
             f"{treedef} (with None for zero)."
         )
-    filled = [
-        _zero_tangent(p) if t is None or not jnp.issubdtype(p.dtype, jnp.inexact) else t
-        for p, t in zip(leaves, given)
+    return [
+        _zero_tangent(p) if given[i] is None or not _is_inexact(p) else given[i]
+        for i, p in zip(positions, arrays)
     ]
-    return treedef.unflatten(filled)
-
-
-def _check_outputs(name: str, out: Any) -> None:
-    for leaf in jtu.tree_leaves(out):
-        if not is_array(leaf):
-            raise TypeError(
-                f"larix.{name}: the function returned {leaf!r}, but a function with a custom "
-                "derivative must return arrays (or pytrees of arrays) only. Return the "
-                "non-array values from a function that calls this one."
-            )
 
 
 class filter_custom_jvp:  # noqa: N801 - a decorator, named like jax.custom_jvp
@@ -56,14 +79,15 @@ class filter_custom_jvp:  # noqa: N801 - a decorator, named like jax.custom_jvp
 
     The floating-point arrays of the positional arguments can be differentiated; every
     other leaf (integer arrays, Python numbers, functions) is passed through, with `None`
-    as its tangent. Keyword arguments are never differentiated. The function must return
-    arrays (or pytrees of arrays).
+    as its tangent. Keyword arguments are never differentiated. The output may hold
+    non-array leaves too; they get no tangent.
 
     Define the rule with `@f.def_jvp`. It is called as `fn_jvp(primals, tangents, **kwargs)`
     where `primals` is the tuple of positional arguments and `tangents` has the same
     structure, with `None` for every leaf that is not differentiated (including
     floating-point arrays that happen not to be perturbed). It returns
-    `(output, tangent_out)`; `None` in `tangent_out` stands for a zero tangent.
+    `(output, tangent_out)`; `None` in `tangent_out` stands for a zero tangent (and must
+    be given for non-array outputs).
 
     **Arguments:**
 
@@ -118,33 +142,46 @@ class filter_custom_jvp:  # noqa: N801 - a decorator, named like jax.custom_jvp
                 leaves[i] = v
             return arg_def.unflatten(leaves), combine(kw, kw_static)
 
-        def primal(values: list[Any], kw: Any) -> Any:
+        # Under differentiation JAX may run the rule without the primal function: whichever
+        # runs records the output's static part.
+        out_box = Box()
+
+        def primal(values: list[Any], kw: Any) -> list[Any]:
             call_args, call_kwargs = rebuild(values, kw)
-            out = fn(*call_args, **call_kwargs)
-            _check_outputs("filter_custom_jvp", out)
-            return out
+            return _split_output(fn(*call_args, **call_kwargs), out_box)
 
         def rule(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
             values, kw = primals
+            kw_tangents = jtu.tree_leaves(tangents[1], is_leaf=lambda t: isinstance(t, SymbolicZero))
+            if any(not isinstance(t, SymbolicZero) and _is_inexact(t) for t in kw_tangents):
+                # As in Equinox (a ValueError): the rule has no place for these tangents.
+                raise ValueError(
+                    f"larix.filter_custom_jvp: {getattr(fn, '__name__', 'the function')} is being "
+                    "differentiated with respect to a keyword argument, but keyword arguments "
+                    "are never differentiated (the JVP rule gets no tangent for them). Pass "
+                    "the value by position instead."
+                )
             call_args, call_kwargs = rebuild(values, kw)
             arg_tangents: list[Any] = [None] * len(arg_leaves)
             for i, v, t in zip(dynamic, values, tangents[0]):
-                if not isinstance(t, SymbolicZero) and is_inexact_array(v):
+                if not isinstance(t, SymbolicZero) and _is_inexact(v):
                     arg_tangents[i] = t
             out, tangent_out = fn_jvp(call_args, arg_def.unflatten(arg_tangents), **call_kwargs)
-            return out, _fill_tangents("filter_custom_jvp", "JVP", "a tangent", out, tangent_out)
+            arrays = _split_output(out, out_box)
+            return arrays, _tangents_of_arrays("filter_custom_jvp", out_box, arrays, tangent_out)
 
         custom = jax.custom_jvp(primal)
         custom.defjvp(rule, symbolic_zeros=True)
-        return custom([arg_leaves[i] for i in dynamic], kw_dynamic)
+        return _merge_output(out_box, custom([arg_leaves[i] for i in dynamic], kw_dynamic))
 
 
 class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
     """Give a function of any pytrees a custom VJP rule, differentiating its first argument only.
 
     The decorated function is `fn(vjp_arg, *args, **kwargs)`. Only the floating-point
-    arrays of `vjp_arg` are differentiated; every other argument gets a zero gradient, so
-    pack what needs gradients into `vjp_arg` (a tuple if several). Outputs must be arrays.
+    arrays of `vjp_arg` are differentiated; differentiating with respect to a
+    floating-point array in any other argument raises a `RuntimeError`, so pack what needs
+    gradients into `vjp_arg` (a tuple if several). The output may hold non-array leaves.
 
     Register the forward and backward passes with `@f.def_fwd` and `@f.def_bwd`:
 
@@ -152,8 +189,9 @@ class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
       has the structure of `vjp_arg`, `True` at each leaf being differentiated, `False`
       elsewhere. `residuals` is any pytree kept for the backward pass.
     - `fn_bwd(residuals, grad_output, perturbed, vjp_arg, *args, **kwargs) -> grad_vjp_arg`:
-      `grad_output` has the output's structure, `None` for leaves with no cotangent. Return
-      a tree of `vjp_arg`'s structure, `None` for zero (e.g. at non-array leaves).
+      `grad_output` has the output's structure, `None` for leaves with no cotangent (a
+      symbolic zero, or a non-array). Return a tree of `vjp_arg`'s structure, `None` for
+      zero (e.g. at non-array leaves).
 
     All forward-pass inputs are passed to the backward pass again for convenience.
 
@@ -184,6 +222,7 @@ class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
         self.fn = fn
         self.fn_fwd: Callable[..., Any] | None = None
         self.fn_bwd: Callable[..., Any] | None = None
+        self._zeros_for_none = Box()  # for `defvjp`: fills None cotangents of the current call
         self.__wrapped__ = fn
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
             if hasattr(fn, attr):
@@ -200,6 +239,32 @@ class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
         check_callable(fn_bwd, "filter_custom_vjp.def_bwd", "")
         self.fn_bwd = fn_bwd
         return fn_bwd
+
+    def defvjp(self, fn_fwd: Callable[..., Any], fn_bwd: Callable[..., Any]) -> None:
+        """Equinox's older form: `fn_fwd(vjp_arg, *args, **kwargs)`, `fn_bwd(residuals, grad_out, vjp_arg, *args, **kwargs)`.
+
+        Deprecated, as in Equinox: use `def_fwd` and `def_bwd`, which also pass
+        `perturbed` and allow `None` (a symbolic zero) for a floating-point array's
+        cotangent. Here `grad_out` has zeros for those, as the older form promised.
+        """
+        warnings.warn(
+            "larix.filter_custom_vjp.defvjp is deprecated, as in Equinox: use `@f.def_fwd` and "
+            "`@f.def_bwd`. They take an extra `perturbed` argument after the residuals and "
+            "`grad_out` (which values need a gradient), and `grad_out` may hold None for a "
+            "zero cotangent of a floating-point array.",
+            UserWarning,
+            stacklevel=2,
+        )
+        check_callable(fn_fwd, "filter_custom_vjp.defvjp", "fn_bwd")
+        check_callable(fn_bwd, "filter_custom_vjp.defvjp", "fn_bwd")
+
+        def fwd(perturbed: Any, *args: Any, **kwargs: Any) -> Any:
+            return fn_fwd(*args, **kwargs)
+
+        def bwd(residuals: Any, grad_out: Any, perturbed: Any, *args: Any, **kwargs: Any) -> Any:
+            return fn_bwd(residuals, self._zeros_for_none.value(grad_out), *args, **kwargs)
+
+        self.fn_fwd, self.fn_bwd = fwd, bwd
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         name = getattr(self.fn, "__name__", "the function")
@@ -220,7 +285,7 @@ class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
         n_vjp = vjp_def.num_leaves
         diff = [i for i in range(n_vjp) if is_inexact_array(leaves[i])]
         other = [i for i, x in enumerate(leaves) if is_array(x) and not (i < n_vjp and is_inexact_array(x))]
-        residual_static, perturbed_box = Box(), Box()
+        residual_static, perturbed_box, out_box = Box(), Box(), Box()
 
         def rebuild(diff_values: list[Any], other_values: list[Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
             new = list(leaves)
@@ -230,13 +295,19 @@ class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
                 new[i] = v
             return treedef.unflatten(new)
 
-        def primal(diff_values: list[Any], other_values: list[Any]) -> Any:
+        def primal(diff_values: list[Any], other_values: list[Any]) -> list[Any]:
             vjp_arg, rest, kw = rebuild(diff_values, other_values)
-            out = fn(vjp_arg, *rest, **kw)
-            _check_outputs("filter_custom_vjp", out)
-            return out
+            return _split_output(fn(vjp_arg, *rest, **kw), out_box)
 
         def fwd(diff_primals: list[Any], other_primals: list[Any]) -> tuple[Any, Any]:
+            for i, p in zip(other, other_primals):
+                if p.perturbed and _is_inexact(p.value):
+                    raise RuntimeError(
+                        f"larix.filter_custom_vjp: {name} is being differentiated with respect to "
+                        f"a floating-point array that is not in its first argument (leaf {i} of "
+                        "`(vjp_arg, args, kwargs)`). Only the first argument is differentiated: "
+                        "move everything that needs a gradient into it, e.g. `f((x, y), z)`."
+                    )
             diff_values = [p.value for p in diff_primals]
             other_values = [p.value for p in other_primals]
             flags = [False] * n_vjp
@@ -245,20 +316,19 @@ class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
             perturbed_box.value = vjp_def.unflatten(flags)
             vjp_arg, rest, kw = rebuild(diff_values, other_values)
             out, residuals = fn_fwd(perturbed_box.value, vjp_arg, *rest, **kw)
-            _check_outputs("filter_custom_vjp", out)
+            arrays = _split_output(out, out_box)
             residual_dynamic, residual_static.value = partition(residuals, is_array)
-            return out, (residual_dynamic, diff_values, other_values)
+            return arrays, (residual_dynamic, diff_values, other_values)
 
         def bwd(saved: Any, grad_out: Any) -> tuple[list[Any], list[Any]]:
             residual_dynamic, diff_values, other_values = saved
             vjp_arg, rest, kw = rebuild(diff_values, other_values)
             residuals = combine(residual_dynamic, residual_static.value)
-            grad_out = jtu.tree_map(
-                lambda g: None if isinstance(g, SymbolicZero) or g.dtype == jax.dtypes.float0 else g,
-                grad_out,
-                is_leaf=lambda g: isinstance(g, SymbolicZero),
-            )
-            grad = fn_bwd(residuals, grad_out, perturbed_box.value, vjp_arg, *rest, **kw)
+            structs = [jax.ShapeDtypeStruct(g.shape, g.dtype) for g in grad_out]
+            grad_out = [None if isinstance(g, SymbolicZero) or g.dtype == jax.dtypes.float0 else g for g in grad_out]
+            self._zeros_for_none.value = lambda g: _merge_output(out_box, _zeros_for_inexact(g, out_box, structs), static=False)
+            grad_tree = _merge_output(out_box, grad_out, static=False)
+            grad = fn_bwd(residuals, grad_tree, perturbed_box.value, vjp_arg, *rest, **kw)
             grad_leaves = leaves_up_to(vjp_def, grad)
             if grad_leaves is None:
                 raise ValueError(
@@ -270,4 +340,14 @@ class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
 
         custom = jax.custom_vjp(primal)
         custom.defvjp(fwd, bwd, symbolic_zeros=True)
-        return custom([leaves[i] for i in diff], [leaves[i] for i in other])
+        return _merge_output(out_box, custom([leaves[i] for i in diff], [leaves[i] for i in other]))
+
+
+def _zeros_for_inexact(grad_out: Any, box: Box, structs: list[jax.ShapeDtypeStruct]) -> list[Any]:
+    """`defvjp`'s promise: every floating-point output has an array cotangent, zeros if need be."""
+    treedef, positions, _ = box.value
+    given = treedef.flatten_up_to(grad_out)
+    return [
+        jnp.zeros(s.shape, s.dtype) if given[i] is None and jnp.issubdtype(s.dtype, jnp.inexact) else given[i]
+        for i, s in zip(positions, structs)
+    ]

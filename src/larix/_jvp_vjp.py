@@ -66,8 +66,9 @@ def filter_jvp(
     - `**kwargs`: keyword arguments of `fn`; they are not perturbed.
 
     **Returns:** `(primals_out, tangents_out)`: the output of `fn` and its tangent, which
-    has the output's structure with `None` at leaves that are not floating-point arrays.
-    (Floating-point outputs that do not depend on the perturbed inputs get zeros.)
+    has the output's structure with `None` at leaves that are not floating-point arrays,
+    and at outputs that do not depend on the perturbed inputs (JAX's symbolic zeros), as
+    in Equinox.
 
     **Raises:** `TypeError` for a tangent given to a leaf that cannot be perturbed,
     `ValueError` when `tangents` does not match the structure of `primals`.
@@ -105,7 +106,7 @@ def filter_jvp(
                 f"{describe(leaves[i])}. Only floating-point arrays and Python floats can be "
                 "perturbed: pass None as its tangent."
             )
-    out_static = Box()
+    out_static, depends = Box(), Box()
 
     def perturb(values: list[Any]) -> Any:
         new = list(leaves)
@@ -113,11 +114,28 @@ def filter_jvp(
             new[i] = v
         out = fn(*primal_def.unflatten(new), **kwargs)
         out_dynamic, out_static.value = partition(out, is_array)
+        depends.value = _depends_on(values, out_dynamic)
         return out_dynamic
 
     out_dynamic, out_tangent = jax.jvp(perturb, ([leaves[i] for i in perturbed],), ([per_leaf[i] for i in perturbed],))
-    out_tangent = jtu.tree_map(lambda t: None if t.dtype == jax.dtypes.float0 else t, out_tangent)
+    out_tangent = jtu.tree_map(
+        lambda t, d: None if getattr(t, "dtype", None) == jax.dtypes.float0 or not d else t, out_tangent, depends.value
+    )
     return combine(out_dynamic, out_static.value), out_tangent
+
+
+def _depends_on(inputs: list[Any], out: Any) -> Any:
+    """For each leaf of `out`: whether it is a tracer of the JVP that `inputs` are tracers of.
+
+    An output that is not (a constant, an input that was not perturbed, a tracer of an
+    enclosing transform) has a symbolic zero tangent, which `filter_jvp` reports as `None`.
+    JAX has no public way to ask a tracer for its trace: `_trace` is read where it exists
+    (JAX >= 0.4.36); elsewhere every array output counts as dependent, and gets zeros.
+    """
+    trace = getattr(inputs[0], "_trace", None) if inputs else None
+    if trace is None and inputs:
+        return jtu.tree_map(lambda _: True, out)
+    return jtu.tree_map(lambda x: isinstance(x, jax.core.Tracer) and getattr(x, "_trace", None) is trace, out)
 
 
 class _VJPFunction(Module):

@@ -384,10 +384,11 @@ class _ModuleMeta(abc.ABCMeta):
 
 
 def _set_abstract_vars(cls: Any, new: dict[str, str], annotations: dict[str, Any], namespace: dict[str, Any]) -> None:
-    inherited: dict[str, str] = {}
+    declared: dict[str, str] = {}
     for base in reversed(cls.__mro__[1:]):
-        inherited.update(getattr(base, "__larix_abstract_vars__", {}))
-    for name, kind in list(inherited.items()):
+        declared.update(getattr(base, "__larix_abstract_vars__", {}))
+    remaining: dict[str, str] = {}
+    for name, kind in declared.items():
         if name in new:
             continue
         in_body = name in namespace
@@ -397,10 +398,12 @@ def _set_abstract_vars(cls: Any, new: dict[str, str], annotations: dict[str, Any
                 f"{cls.__name__}.{name} was declared AbstractClassVar in a parent class, so it "
                 f"must be a class attribute, not a field. Write `{name}: ClassVar[...] = ...`."
             )
-        if in_body or name in annotations:
-            del inherited[name]
-    inherited.update(new)
-    cls.__larix_abstract_vars__ = inherited
+        # Provided anywhere in the MRO: in this body, by a class between (a field there has
+        # its descriptor in the class dict), or by `__init_subclass__`, which has run already.
+        if not (name in annotations or any(name in vars(k) for k in cls.__mro__[:-1])):
+            remaining[name] = kind
+    remaining.update(new)
+    cls.__larix_abstract_vars__ = remaining
 
 
 def _fill_unset_fields(cls: Any, d: dict[str, Any]) -> None:

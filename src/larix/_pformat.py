@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.stages
 import numpy as np
 
 __all__ = ["tree_pformat", "tree_pprint"]
@@ -98,10 +100,21 @@ def _node_to_doc(
         items = [("", recurse(x.func))] + [("", recurse(a)) for a in x.args]
         items += [(f"{k}=", recurse(v)) for k, v in x.keywords.items()]
         return ("partial(", items, ")")
-    if isinstance(x, (jax.custom_jvp, jax.custom_vjp)) or hasattr(x, "__code__"):
-        return f"<function {_function_name(x)}>"
-    if callable(x) and not isinstance(x, type) and hasattr(x, "__wrapped__"):
-        return f"<wrapped function {_function_name(x)}>"
+    # Functions print as Equinox prints them: a Python function by name (`<wrapped function
+    # f>` if made with functools.wraps), a custom_jvp/custom_vjp as the function it wraps,
+    # and most other callables by their repr. One deliberate difference: a jitted function
+    # prints as the function it wraps, where Equinox shows its repr,
+    # `<PjitFunction of <function relu at 0x7f...>>`. That text holds a memory address, so
+    # it changes from run to run (breaking doctests and diffs of logs), and since
+    # `jax.nn.relu` and friends are jitted in current JAX, every MLP would show one.
+    if isinstance(x, (jax.custom_jvp, jax.custom_vjp, jax.stages.Wrapped)):
+        return recurse(x.__wrapped__)
+    if isinstance(x, type):
+        # Equinox's form for a class: qualified by its module, except for builtins.
+        return x.__qualname__ if x.__module__ == "builtins" else f"{x.__module__}.{x.__qualname__}"
+    if isinstance(x, types.FunctionType):
+        kind = "wrapped function" if hasattr(x, "__wrapped__") else "function"
+        return f"<{kind} {_function_name(x)}>"
     return repr(x)
 
 

@@ -571,8 +571,9 @@ def tree_deserialise_leaves(
 
     **Returns:** `like` with the loaded leaves in place.
 
-    **Raises:** `ValueError` listing every leaf (as `like.layers[0].weight`) that the file
-    does not match, with what was expected and what was found.
+    **Raises:** `DeserialiseMismatchError` (a `ValueError`, and a `RuntimeError` as in
+    Equinox) listing every leaf (as `like.layers[0].weight`) that the file does not match,
+    with what was expected and what was found, and Equinox's sentence for it.
 
     !!! example
         Loading into a model of the wrong size names each leaf that does not fit:
@@ -586,10 +587,10 @@ def tree_deserialise_leaves(
         >>> wider = larix.nn.MLP(2, 1, width_size=16, depth=1, key=jax.random.key(0))
         >>> larix.tree_deserialise_leaves(path, wider)
         Traceback (most recent call last):
-        ValueError: larix.tree_deserialise_leaves: ... does not match `like`:
-          - like.layers[0].weight: expected f32[16,2], the file has f32[8,2]
-          - like.layers[0].bias: expected f32[16], the file has f32[8]
-          - like.layers[1].weight: expected f32[1,16], the file has f32[1,8]
+        larix._serialise.DeserialiseMismatchError: larix.tree_deserialise_leaves: ... does not match `like`:
+          - like.layers[0].weight: expected f32[16,2], the file has f32[8,2]. Deserialised leaf at path ... has changed shape from (16, 2) in `like` to (8, 2) on disk.
+          - like.layers[0].bias: expected f32[16], the file has f32[8]. ...
+          - like.layers[1].weight: expected f32[1,16], the file has f32[1,8]. ...
         ...
         >>> directory.cleanup()
 

@@ -68,8 +68,16 @@ class _EmptyTuple(tuple):
 jtu.register_pytree_node(_EmptyTuple, lambda _: ((), None), lambda _, __: _EmptyTuple())
 
 
+_NONE_PATHS = "none paths"  # the key, in `index`, of the paths of the Nones kept as they are
+
+
 def _mirror(node: Any, is_leaf: Callable[[Any], bool], path: tuple[Any, ...], index: dict[int, tuple[Any, ...]], keep: list[Any]) -> Any:
     """Rebuild `node` with `_Slot`s for leaves, recording every rebuilt object's path by id."""
+    if node is None and not is_leaf(node):
+        # Kept as None, as in Equinox: a `where` that skips Nones (`[x for x in t if x is not
+        # None]`) must see them. A selected None is found if it is the only one (tree_at).
+        index.setdefault(_NONE_PATHS, []).append(path)  # type: ignore[arg-type, union-attr]
+        return None
     children = None
     if not is_leaf(node):
         try:
@@ -144,8 +152,8 @@ def tree_at(
     """
     if (replace is _MISSING) == (replace_fn is _MISSING):
         raise ValueError("larix.tree_at takes exactly one of `replace=` and `replace_fn=`.")
-    leaf_fn = (lambda x: x is None) if is_leaf is None else (lambda x: x is None or is_leaf(x))
-    index: dict[int, tuple[Any, ...]] = {}
+    leaf_fn = (lambda x: False) if is_leaf is None else is_leaf
+    index: dict[Any, Any] = {}
     keep: list[Any] = []
     mirror = _mirror(pytree, leaf_fn, (), index, keep)
     try:
@@ -156,7 +164,7 @@ def tree_at(
             "`where` must only navigate the tree, e.g. `lambda m: m.layers[0].weight`; to "
             "choose nodes by value, compute the selection first and index with constants."
         ) from None
-    single = id(selected) in index
+    single = id(selected) in index or selected is None
     nodes = [selected] if single else selected
     # A string is a Sequence, but never a list of nodes: it is a value `where` read, such
     # as a static field's.
@@ -169,6 +177,16 @@ def tree_at(
     paths = []
     for node in nodes:
         path = index.get(id(node), _MISSING)
+        if node is None:
+            nones = index.get(_NONE_PATHS, [])
+            if len(nones) != 1:
+                raise ValueError(
+                    f"larix.tree_at: `where` selected None, but the tree has {len(nones)} None "
+                    "values, and one None cannot be told from another. Treat Nones as leaves, "
+                    "which makes each one selectable: `larix.tree_at(where, pytree, ..., "
+                    "is_leaf=lambda x: x is None)`."
+                )
+            path = nones[0]
         if path is _MISSING:
             raise TypeError(
                 f"larix.tree_at: `where` returned {node!r}, which is not a node of the tree. "

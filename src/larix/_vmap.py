@@ -31,6 +31,17 @@ DEFAULT_AXES = if_array(0)
 _UNBATCHED_ERROR = re.compile(r"out_axes\[1\]\[(\d+)\], got axis spec None but output was batched")
 
 
+_SCALARS = (bool, int, float, complex)
+
+
+class NonArrayOutputAxisError(TypeError, ValueError):
+    """An int axis in `out_axes` for an output that is not an array (nor a Python number).
+
+    A `TypeError`, as Equinox raises (from JAX) for such an output, and a `ValueError`, as
+    larix raised before.
+    """
+
+
 class AxisSpec:
     """An axis spec kept in a static field. Compared by identity: specs may contain dicts."""
 
@@ -86,6 +97,21 @@ def _specs_by_name(fun: Any, in_axes: dict[str, Any], args: tuple[Any, ...], kwa
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     var_args = next((p.name for p in params if p.kind is p.VAR_POSITIONAL), None)
     var_kwargs = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
+    passed = set(positional[: len(args)]) | set(kwargs)
+    if len(args) > len(positional) and var_args is not None:
+        passed.add(var_args)
+    if var_kwargs is not None and set(kwargs) - names:
+        passed.add(var_kwargs)
+    missing = sorted(set(in_axes) - passed)
+    if missing:
+        # As in Equinox: an axis for a parameter left at its default is a mistake (there is
+        # no argument to map), even an axis of None.
+        raise ValueError(
+            f"larix.{name}: in_axes names {', '.join(map(repr, missing))}, but the call did not "
+            f"pass {'it' if len(missing) == 1 else 'them'} (a default value is used). Pass "
+            f"{'it' if len(missing) == 1 else 'them'} explicitly, or leave "
+            f"{'it' if len(missing) == 1 else 'them'} out of in_axes."
+        )
     arg_specs = []
     for i in range(len(args)):
         param = positional[i] if i < len(positional) else var_args
@@ -181,12 +207,17 @@ def split_output(out: Any, out_axes: Any, name: str, box: Box) -> tuple[list[Any
     axes = _leaf_axes(out_axes, out, _output_path, "out_axes", name)
     batched, unbatched, static = [], [], []
     for i, (leaf, axis) in enumerate(zip(leaves, axes)):
+        if not is_array(leaf) and axis is not None and isinstance(leaf, _SCALARS):
+            # As in Equinox: a Python number given an axis is an array, the same for each
+            # element of the batch (`out_axes=0` of `1` gives `[1, 1, ...]`).
+            leaf = leaves[i] = jnp.asarray(leaf)
         if not is_array(leaf):
             if axis is not None:
-                raise ValueError(
+                raise NonArrayOutputAxisError(
                     f"larix.{name}: out_axes asks for {_output_path(_path_of(out, i))} "
-                    f"({describe(leaf)}) on axis {axis}, but only arrays can be batched: other "
-                    "outputs are returned once, unbatched. Give it None, or use larix.if_array(axis)."
+                    f"({describe(leaf)}) on axis {axis}, but only arrays (and Python numbers) can "
+                    "be batched: other outputs are returned once, unbatched. Give it None, or use "
+                    "larix.if_array(axis)."
                 )
             static.append(leaf)
         elif axis is None:

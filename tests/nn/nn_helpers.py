@@ -43,6 +43,32 @@ def same_arrays(a: Any, b: Any) -> bool:
     return len(xs) == len(ys) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(xs, ys))
 
 
+def assert_bitwise_equal(ours: Any, theirs: Any) -> None:
+    """The two pytrees have the same structure and their arrays the same dtypes, shapes
+    and values, to the bit (NaNs in the same places)."""
+    a, b = jtu.tree_leaves(ours), jtu.tree_leaves(theirs)
+    assert len(a) == len(b), f"{len(a)} leaves against {len(b)}"
+    for x, y in zip(a, b):
+        assert jnp.result_type(x) == jnp.result_type(y), (jnp.result_type(x), jnp.result_type(y))
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), strict=True)
+
+
+def fresh(state: Any) -> Any:
+    """A copy of a `State` (or a pytree of them) that can be used once more: calling a
+    stateful layer retires the State it was given, as in Equinox."""
+    return jtu.tree_map(lambda a: a, state)
+
+
+def randomise(layer: Any, seed: int) -> Any:
+    """`layer` with every inexact array replaced by normal noise (same shape and dtype):
+    non-trivial parameters, the same for two layers with the same field layout."""
+    arrays, rest = larix.partition(layer, larix.is_inexact_array)
+    leaves, treedef = jtu.tree_flatten(arrays)
+    keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
+    noisy = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    return larix.combine(jtu.tree_unflatten(treedef, noisy), rest)
+
+
 def close(a: Any, b: Any, atol: float = 1e-5, rtol: float = 1e-5) -> bool:
     return bool(np.allclose(np.asarray(a), np.asarray(b), atol=atol, rtol=rtol))
 

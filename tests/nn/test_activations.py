@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
-from nn_helpers import check_transforms, close, copy_arrays, equinox, pickle_roundtrip
+from nn_helpers import assert_bitwise_equal, check_transforms, close, copy_arrays, equinox, pickle_roundtrip
 
 import larix
 
@@ -46,3 +47,15 @@ def test_prelu_slope_from_a_float_keeps_the_input_dtype():
     eqx = equinox()
     x = jnp.array([-1.0, 2.0], jnp.bfloat16)
     assert larix.nn.PReLU(0.3)(x).dtype == eqx.nn.PReLU(0.3)(x).dtype
+
+
+def test_prelu_integer_input_and_strict_promotion_match_equinox():
+    # An integer input gives a float output; a per-channel slope broadcasts against the
+    # input even under strict dtype and rank promotion (the slope is the layer's own).
+    eqx = equinox()
+    x = jnp.array([[-1, -2, -3], [-1, 2, 3]])
+    for slope in (0.1, jnp.array([0.2, 0.1, 0.1])):
+        with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+            ours = larix.nn.PReLU(slope)(x)
+        assert_bitwise_equal(ours, eqx.nn.PReLU(slope)(x))
+        assert close(ours, jnp.where(x >= 0, x, slope * x))

@@ -1,11 +1,20 @@
-"""Tests of larix.nn.MultiheadAttention (src/larix/nn/_attention.py)."""
+"""Tests of larix.nn.MultiheadAttention, dot_product_attention and
+dot_product_attention_weights (src/larix/nn/_attention.py)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import pytest
-from nn_helpers import check_transforms, close, copy_arrays, equinox, key, pickle_roundtrip, same_arrays
+from nn_helpers import (
+    assert_bitwise_equal,
+    check_transforms,
+    close,
+    equinox,
+    key,
+    pickle_roundtrip,
+    same_arrays,
+)
 
 import larix
 
@@ -93,15 +102,115 @@ def test_transforms_pickle_repr():
     assert repr(mha).startswith("MultiheadAttention(")
 
 
-def test_matches_equinox():
+def test_dot_product_attention_weights():
+    q = jnp.array([[0.0, 2**0.5]])
+    k = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    weights = larix.nn.dot_product_attention_weights(q, k)
+    assert close(weights, jnp.array([[1, jnp.e]]) / (1 + jnp.e))
+    assert close(
+        larix.nn.dot_product_attention_weights(q, k, jnp.array([[True, False]])), jnp.array([[1.0, 0.0]])
+    )
+    # float16 logits: the softmax runs in float32, the weights come back in float16.
+    weights = larix.nn.dot_product_attention_weights(
+        jnp.array([[1.0]], jnp.float16), jnp.array([[9.0], [1.0]], jnp.float16)
+    )
+    assert weights.dtype == jnp.float16 and float(weights.max()) < 1
+    with pytest.raises(ValueError, match=r"`mask` must have shape .*\(1, 2\), got \(2, 1\)"):
+        larix.nn.dot_product_attention_weights(q, k, jnp.ones((2, 1), bool))
+
+
+def test_dot_product_attention():
+    q = jnp.array([[0.0, 2**0.5]])
+    k = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    v = jnp.array([[1.0], [0.0]])
+    assert close(larix.nn.dot_product_attention(q, k, v), jnp.array([[1 / (1 + jnp.e)]]))
+    assert close(larix.nn.dot_product_attention(q, k, v, jnp.array([[True, False]])), jnp.array([[1.0]]))
+    dropout = larix.nn.Dropout(0.5)
+    with pytest.raises(RuntimeError, match="key"):
+        larix.nn.dot_product_attention(q, k, v, dropout=dropout)
+    assert close(
+        larix.nn.dot_product_attention(q, k, v, dropout=dropout, inference=True),
+        jnp.array([[1 / (1 + jnp.e)]]),
+    )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_dot_product_attention_matches_equinox_to_the_bit(dtype, masked):
     eqx = equinox()
-    kwargs = dict(key_size=5, use_query_bias=True, use_output_bias=True, dropout_p=0.3)
-    theirs = eqx.nn.MultiheadAttention(2, 6, **kwargs, key=key(4))
-    ours = larix.nn.MultiheadAttention(2, 6, **kwargs, key=key(4))
-    assert same_arrays(ours, theirs)
-    ours = copy_arrays(theirs, ours)
-    kv = KV[:, :5]
-    mask = jnp.tril(jnp.ones((4, 5), bool))
-    assert close(ours(Q, kv, KV, mask, inference=True), theirs(Q, kv, KV, mask, inference=True), atol=1e-5)
+    q, k, v = (jax.random.normal(key(i), shape, dtype) for i, shape in enumerate([(5, 8), (7, 8), (7, 3)]))
+    mask = jax.random.bernoulli(key(9), 0.6, (5, 7)) if masked else None
+    ours = larix.nn.dot_product_attention_weights(q, k, mask)
+    assert_bitwise_equal(ours, eqx.nn._attention.dot_product_attention_weights(q, k, mask))
+    dropout_ours, dropout_theirs = larix.nn.Dropout(0.4), eqx.nn.Dropout(0.4)
+    assert_bitwise_equal(
+        larix.nn.dot_product_attention(q, k, v, mask, dropout_ours, key=key(8)),
+        eqx.nn._attention.dot_product_attention(q, k, v, mask, dropout_theirs, key=key(8)),
+    )
+
+
+CONFIGS = {
+    "default": dict(num_heads=2, query_size=8),
+    "sizes": dict(num_heads=3, query_size=6, key_size=5, value_size=4, output_size=7, qk_size=4, vo_size=2),
+    "biases": dict(
+        num_heads=4,
+        query_size=8,
+        use_query_bias=True,
+        use_key_bias=True,
+        use_value_bias=True,
+        use_output_bias=True,
+    ),
+    "dropout": dict(num_heads=2, query_size=8, dropout_p=0.3),
+    "wide": dict(num_heads=8, query_size=128),  # before larix attended head by head, this differed
+}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("mask", [None, "shared", "per_head"])
+def test_matches_equinox_to_the_bit(config, mask):
+    eqx = equinox()
+    kwargs = CONFIGS[config]
+    theirs = eqx.nn.MultiheadAttention(**kwargs, key=key(4))
+    ours = larix.nn.MultiheadAttention(**kwargs, key=key(4))
+    assert same_arrays(ours, theirs)  # the same key gives the same parameters
+    q = jax.random.normal(key(1), (31, ours.query_size))
+    k = jax.random.normal(key(2), (40, ours.key_size))
+    v = jax.random.normal(key(3), (40, ours.value_size))
+    if mask is not None:
+        shape = (31, 40) if mask == "shared" else (ours.num_heads, 31, 40)
+        mask = jax.random.bernoulli(key(5), 0.7, shape)
+    assert_bitwise_equal(ours(q, k, v, mask, inference=True), theirs(q, k, v, mask, inference=True))
+    jitted = (
+        larix.filter_jit(lambda m, *args: m(*args, inference=True)),
+        eqx.filter_jit(lambda m, *args: m(*args, inference=True)),
+    )
+    assert_bitwise_equal(jitted[0](ours, q, k, v, mask), jitted[1](theirs, q, k, v, mask))
     # The same dropout key drops the same attention weights as in Equinox.
-    assert close(ours(Q, kv, KV, key=key(9)), theirs(Q, kv, KV, key=key(9)), atol=1e-5)
+    assert_bitwise_equal(ours(q, k, v, mask, key=key(9)), theirs(q, k, v, mask, key=key(9)))
+    rope = (larix.nn.RotaryPositionalEmbedding(ours.qk_size), eqx.nn.RotaryPositionalEmbedding(ours.qk_size))
+
+    def process_heads(rope):
+        def process(q, k, v):
+            return jax.vmap(rope, in_axes=1, out_axes=1)(q), jax.vmap(rope, in_axes=1, out_axes=1)(k), v
+
+        return process
+
+    assert_bitwise_equal(
+        ours(q, k, v, mask, key=key(9), process_heads=process_heads(rope[0])),
+        theirs(q, k, v, mask, key=key(9), process_heads=process_heads(rope[1])),
+    )
+
+
+def test_deterministic_is_a_deprecated_inference():
+    eqx = equinox()
+    ours = larix.nn.MultiheadAttention(2, 6, dropout_p=0.5, key=key())
+    theirs = eqx.nn.MultiheadAttention(2, 6, dropout_p=0.5, key=key())
+    with pytest.warns(UserWarning, match=r"deterministic=.*deprecated.*inference=") as caught:
+        y = ours(Q, KV, KV, deterministic=True)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert_bitwise_equal(y, ours(Q, KV, KV, inference=True))
+    with pytest.warns(UserWarning, match="deterministic"):
+        assert_bitwise_equal(theirs(Q, KV, KV, deterministic=True), y)
+    with pytest.warns(UserWarning, match="deterministic"):
+        with pytest.raises(RuntimeError, match="key"):
+            ours(Q, KV, KV, deterministic=False, inference=True)  # `deterministic` wins, as in Equinox

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from nn_helpers import close, copy_arrays, equinox, key, pickle_roundtrip
+from nn_helpers import assert_bitwise_equal, close, equinox, key, pickle_roundtrip, randomise
 
 import larix
 
@@ -47,7 +49,7 @@ def test_batch_mode_inference_before_training_is_identity_like():
 
 
 def test_ema_mode():
-    bn, state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch", momentum=0.9)
+    bn, state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch", momentum=0.9, mode="ema")
     assert bn.mode == "ema" and bool(state.get(bn.ema_first_time_index))
     y, state = _run(bn, BATCHES[0], state)
     first_mean, first_var = BATCHES[0].mean(axis=(0, 2)), BATCHES[0].var(axis=(0, 2))
@@ -71,11 +73,11 @@ def test_affine_and_dtype():
     assert close(y, expected + jnp.array([0.0, 1.0, 0.0])[None, :, None], atol=1e-4)
     y16, state16 = _run(bn, x.astype(jnp.bfloat16), state)
     assert y16.dtype == jnp.bfloat16 and state16.get(bn.batch_state_index)[0].dtype == jnp.float32
-    assert larix.nn.BatchNorm(3, "b", channelwise_affine=False).weight is None
+    assert larix.nn.BatchNorm(3, "b", channelwise_affine=False, mode="ema").weight is None
 
 
 def test_errors_explain():
-    bn, state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch")
+    bn, state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch", mode="ema")
     with pytest.raises(NameError, match=r"filter_vmap\(.*axis_name='batch'"):
         bn(jnp.ones((3, 2)), state)
     with pytest.raises(ValueError, match=r"BatchNorm\(input_size=3.*\(3, \.\.\.\)"):
@@ -83,7 +85,7 @@ def test_errors_explain():
     with pytest.raises(ValueError, match="mode"):
         larix.nn.BatchNorm(3, "batch", mode="running")
     with pytest.raises(ValueError, match="momentum"):
-        larix.nn.BatchNorm(3, "batch", momentum=1.0)
+        larix.nn.BatchNorm(3, "batch", momentum=1.0, mode="ema")
 
 
 def test_training_step_jit_grad():
@@ -109,29 +111,58 @@ def test_training_step_jit_grad():
 
 
 def test_pickle_repr():
-    bn, _ = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch")
+    bn, _ = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch", mode="ema")
     text = repr(pickle_roundtrip(bn))
     assert text.startswith("BatchNorm(") and "axis_name='batch'" in text and "mode='ema'" in text
 
 
-def test_matches_equinox():
+@pytest.mark.parametrize("mode", ["ema", "batch"])
+@pytest.mark.parametrize("shape", [(3,), (3, 4), (3, 5, 2)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_matches_equinox_to_the_bit(mode, shape, affine):
     eqx = equinox()
-    for mode in ("ema", "batch"):
-        theirs, their_state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", momentum=0.8, mode=mode)
-        ours, our_state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch", momentum=0.8, mode=mode)
-        theirs = eqx.tree_at(lambda m: m.weight, theirs, jnp.array([1.0, 0.5, 2.0]))
-        ours = copy_arrays(theirs, ours)
-        eqx_run = eqx.filter_vmap(
-            lambda m, x, s: m(x, s), in_axes=(None, 0, None), out_axes=(0, None), axis_name="batch"
-        )
-        for x in BATCHES:
-            y_theirs, their_state = eqx_run(theirs, x, their_state)
-            y_ours, our_state = _run(ours, x, our_state)
-            assert close(y_ours, y_theirs, atol=1e-4), mode
-        theirs_mean = jax.tree_util.tree_leaves(their_state)[1]
-        ours_mean = jax.tree_util.tree_leaves(our_state)[1]
-        assert close(ours_mean, theirs_mean, atol=1e-5)
-        if mode == "ema":  # in "batch" mode larix debiases a zero-initialised variance instead
-            y_theirs, _ = eqx_run(eqx.nn.inference_mode(theirs), BATCHES[0], their_state)
-            y_ours, _ = _run(larix.nn.inference_mode(ours), BATCHES[0], our_state)
-            assert close(y_ours, y_theirs, atol=1e-4)
+    kwargs = dict(momentum=0.8, channelwise_affine=affine, mode=mode)
+    theirs, their_state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", **kwargs)
+    ours, our_state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch", **kwargs)
+    theirs, ours = randomise(theirs, 1), randomise(ours, 1)
+    if mode == "batch":
+        # Equinox starts the running variance at one, larix at zero (see the class
+        # docstring); from the same state, the results are the same.
+        our_state = our_state.set(ours.batch_state_index, tuple(jax.tree_util.tree_leaves(their_state)[1:]))
+    eqx_run = eqx.filter_vmap(
+        lambda m, x, s: m(x, s), in_axes=(None, 0, None), out_axes=(0, None), axis_name="batch"
+    )
+    for i in range(3):
+        x = jax.random.normal(key(i), (6, *shape)) * (i + 1) + i
+        y_theirs, their_state = eqx_run(theirs, x, their_state)
+        y_ours, our_state = _run(ours, x, our_state)
+        assert_bitwise_equal(y_ours, y_theirs)
+        assert_bitwise_equal(our_state, their_state)
+    y_theirs, _ = eqx_run(eqx.nn.inference_mode(theirs), x, their_state)
+    y_ours, _ = _run(larix.nn.inference_mode(ours), x, our_state)
+    assert_bitwise_equal(y_ours, y_theirs)
+
+
+def test_mode_left_out_warns_as_in_equinox():
+    eqx = equinox()
+    with pytest.warns(UserWarning, match=r'no `mode` was given, so it is "ema".*mode="batch"') as caught:
+        bn = larix.nn.BatchNorm(3, "batch")
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert bn.mode == "ema" and bn.ema_state_index is not None
+    with pytest.warns(UserWarning, match="mode"):
+        eqx.nn.BatchNorm(3, "batch")
+    with pytest.warns(UserWarning, match="mode"):
+        larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch", mode="legacy")  # Equinox's default
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        larix.nn.BatchNorm(3, "batch", mode="ema")
+        larix.nn.BatchNorm(3, "batch", mode="batch")
+
+
+def test_integer_input_gives_float_output():
+    # Raw pixel values, say: normalised in float32, as in Equinox (not cast back to ints).
+    bn, state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch", mode="batch")
+    x = jnp.arange(24, dtype=jnp.uint8).reshape(4, 3, 2)
+    y, _ = _run(bn, x, state)
+    assert y.dtype == jnp.float32
+    assert close(y, _normalise(x.astype(jnp.float32), x.mean(axis=(0, 2)), x.var(axis=(0, 2))), atol=1e-4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from nn_helpers import close, equinox, key, pickle_roundtrip
+from nn_helpers import assert_bitwise_equal, close, equinox, key, pickle_roundtrip
 
 import larix
 
@@ -59,8 +59,33 @@ def test_fields_pickle_repr():
     assert repr(pickle_roundtrip(dropout)) == "Dropout(p=0.3, inference=False)"
 
 
-def test_matches_equinox():
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_matches_equinox(dtype):
     eqx = equinox()
-    x = jnp.linspace(-1, 1, 50)
+    x = jnp.linspace(-1, 1, 50, dtype=dtype)
     for p in (0.1, 0.5):
-        assert close(larix.nn.Dropout(p)(x, key=key(7)), eqx.nn.Dropout(p)(x, key=key(7)))
+        assert_bitwise_equal(larix.nn.Dropout(p)(x, key=key(7)), eqx.nn.Dropout(p)(x, key=key(7)))
+
+
+def test_deterministic_is_a_deprecated_inference():
+    # Equinox still accepts `deterministic=` (its old name of `inference=`), with a warning.
+    eqx = equinox()
+    x = jnp.arange(5.0)
+    with pytest.warns(
+        UserWarning, match=r"Dropout\(deterministic=...\) is deprecated.*Dropout\(inference=...\)"
+    ) as caught:
+        dropout = larix.nn.Dropout(0.5, deterministic=True)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert dropout.inference is True and dropout.deterministic is True and dropout(x) is x
+    with pytest.warns(UserWarning, match=r"Dropout\(\)\(deterministic=...\) is deprecated") as caught:
+        assert larix.nn.Dropout(0.5)(x, deterministic=True) is x
+    assert caught[0].filename == __file__
+    with pytest.warns(UserWarning, match="deterministic"):
+        # `deterministic` wins over `inference`, as in Equinox.
+        dropped = larix.nn.Dropout(0.5, inference=True)(x, key=key(), inference=True, deterministic=False)
+    with pytest.warns(UserWarning, match="deterministic"):
+        theirs = eqx.nn.Dropout(0.5, inference=True)(x, key=key(), inference=True, deterministic=False)
+    assert_bitwise_equal(dropped, theirs)
+    with pytest.warns(UserWarning, match="deterministic"):
+        assert eqx.nn.Dropout(0.5, deterministic=True).deterministic is True
+    assert larix.nn.Dropout(0.5).deterministic is False

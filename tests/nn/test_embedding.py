@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from nn_helpers import close, copy_arrays, equinox, key, pickle_roundtrip, same_arrays
+from nn_helpers import assert_bitwise_equal, close, copy_arrays, equinox, key, pickle_roundtrip, same_arrays
 
 import larix
 
@@ -96,3 +96,45 @@ def test_matches_equinox():
     assert close(ours(4), theirs(4))
     x = jax.random.normal(key(3), (7, 6))
     assert close(larix.nn.RotaryPositionalEmbedding(6)(x), eqx.nn.RotaryPositionalEmbedding(6)(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16])
+def test_rope_frequencies_match_equinox(dtype):
+    # Equinox's static helper: the cos and sin tables, computed in float32 and then cast.
+    eqx = equinox()
+    ours = larix.nn.RotaryPositionalEmbedding.precompute_freqs_cis(8, 16, 10_000.0, dtype)
+    theirs = eqx.nn.RotaryPositionalEmbedding.precompute_freqs_cis(8, 16, 10_000.0, dtype)
+    assert_bitwise_equal(ours, theirs)
+    assert ours[0].shape == (16, 4)
+    angles = np.arange(16)[:, None] * 10_000.0 ** (-np.arange(0, 8, 2) / 8)
+    assert close(ours[0].astype(jnp.float32), np.cos(angles), atol=1e-2) and close(
+        ours[1].astype(jnp.float32), np.sin(angles), atol=1e-2
+    )
+    assert_bitwise_equal(
+        larix.nn.RotaryPositionalEmbedding.rotate_half(jnp.arange(4.0)), jnp.array([-2.0, -3.0, 0.0, 1.0])
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "data"),
+    [("float32", "float32"), ("bfloat16", "bfloat16"), ("float16", "float32"), ("float32", "bfloat16")],
+)
+def test_rope_matches_equinox_to_the_bit(table, data):
+    # Only the default theta: Equinox caches its tables by (embedding_size, dtype) alone,
+    # so once one theta has been used, a layer with another theta of the same size gets
+    # the first one's tables. larix computes the tables of each layer's own theta.
+    eqx = equinox()
+    x = jax.random.normal(key(3), (9, 6), data)
+    ours = larix.nn.RotaryPositionalEmbedding(6, dtype=table)(x)
+    assert_bitwise_equal(ours, eqx.nn.RotaryPositionalEmbedding(6, dtype=table)(x))
+    assert ours.dtype == x.dtype
+
+
+def test_rope_mixed_dtypes_under_strict_promotion_explain():
+    # As in Equinox: strict promotion forbids mixing the input's dtype with the table's.
+    rope = larix.nn.RotaryPositionalEmbedding(4)
+    x = jnp.ones((3, 4), jnp.float16)
+    with jax.numpy_dtype_promotion("strict"):
+        with pytest.raises(jax.dtypes.TypePromotionError, match=r"dtype=jnp.float16"):
+            rope(x)
+        assert larix.nn.RotaryPositionalEmbedding(4, dtype=jnp.float16)(x).dtype == jnp.float16

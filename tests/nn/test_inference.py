@@ -38,7 +38,7 @@ def test_sets_every_flag_including_nested_ones():
     model = {
         "a": Block(larix.nn.Dropout(0.1), [larix.nn.Dropout(0.2), larix.nn.Linear(2, 2, key=key())]),
         "attention": larix.nn.MultiheadAttention(2, 4, dropout_p=0.1, key=key()),
-        "bn": larix.nn.BatchNorm(2, "batch"),
+        "bn": larix.nn.BatchNorm(2, "batch", mode="ema"),
     }
     assert _flags(model) == [False] * 5
     inference = larix.nn.inference_mode(model)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from nn_helpers import check_transforms, close, copy_arrays, equinox, key, pickle_roundtrip, same_arrays
+from nn_helpers import check_transforms, close, equinox, key, pickle_roundtrip, same_arrays
 
 import larix
 
@@ -70,9 +70,24 @@ def test_wrong_shape_names_layer_and_shape():
 
 def test_bad_sizes():
     with pytest.raises(ValueError, match="in_features"):
-        larix.nn.Linear(0, 2, key=key())
+        larix.nn.Linear(-1, 2, key=key())
     with pytest.raises(ValueError, match="out_features"):
         larix.nn.Linear(2, "vector", key=key())
+
+
+def test_zero_size_features():
+    # No inputs: the output is the bias (drawn from [-1, 1), the fan-in bound is infinite).
+    linear = larix.nn.Linear(0, 4, key=key())
+    assert linear.weight.shape == (4, 0)
+    np.testing.assert_array_equal(linear(jnp.zeros(0)), linear.bias)
+    assert float(jnp.max(jnp.abs(linear.bias))) <= 1
+    # No outputs: an empty vector.
+    assert larix.nn.Linear(4, 0, key=key())(jnp.ones(4)).shape == (0,)
+    assert larix.nn.Linear(0, 0, key=key())(jnp.zeros(0)).shape == (0,)
+    assert larix.nn.Linear("scalar", 0, key=key())(jnp.array(1.0)).shape == (0,)
+    assert larix.nn.Linear(0, "scalar", key=key())(jnp.zeros(0)).shape == ()
+    with pytest.raises(ValueError, match=r"\(0,\)"):
+        linear(jnp.zeros(1))
 
 
 def test_key_is_keyword_only_and_required():
@@ -101,13 +116,25 @@ def test_identity():
     assert repr(identity) == "Identity()"
 
 
-def test_matches_equinox():
+@pytest.mark.parametrize(
+    "args",
+    [
+        (3, 4),
+        ("scalar", 2),
+        (2, "scalar"),
+        ("scalar", "scalar"),
+        (3, 4, False),
+        (0, 4),
+        (4, 0),
+        (0, "scalar"),
+    ],
+)
+def test_matches_equinox(args):
     eqx = equinox()
-    for args in [(3, 4), ("scalar", 2), (2, "scalar"), (3, 4, False)]:
-        theirs = eqx.nn.Linear(*args, key=key(3))
-        ours = larix.nn.Linear(*args, key=key(3))
-        # The same key gives the same initial parameters as Equinox.
-        assert same_arrays(ours, theirs)
-        ours = copy_arrays(theirs, larix.nn.Linear(*args, key=key(4)))
-        x = jnp.array(1.5) if args[0] == "scalar" else jnp.linspace(-1, 1, args[0])
-        assert close(ours(x), theirs(x))
+    theirs = eqx.nn.Linear(*args, key=key(3))
+    ours = larix.nn.Linear(*args, key=key(3))
+    # The same key gives the same initial parameters as Equinox, and the same output.
+    assert same_arrays(ours, theirs)
+    x = jnp.array(1.5) if args[0] == "scalar" else jax.random.normal(key(5), (args[0],))
+    np.testing.assert_array_equal(ours(x), theirs(x))
+    assert ours(x).shape == theirs(x).shape

@@ -5,7 +5,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from nn_helpers import check_transforms, close, copy_arrays, equinox, key, pickle_roundtrip, same_arrays
+from nn_helpers import (
+    assert_bitwise_equal,
+    check_transforms,
+    close,
+    equinox,
+    key,
+    pickle_roundtrip,
+    randomise,
+    same_arrays,
+)
 
 import larix
 
@@ -50,6 +59,12 @@ def test_scan_matches_loop():
     assert scanned.layers[1].weight.shape == (3, 4, 4)
     x = jnp.array([0.3, 0.1, -0.5])
     assert close(scanned(x), loop(x))
+    # depth=1 has no middle layer: a stacked Linear of none, so that the structure is
+    # the same for every depth (as in Equinox).
+    one = larix.nn.MLP(3, 2, 4, 1, scan=True, key=key())
+    assert one.layers[1].weight.shape == (0, 4, 4) and one.layers[1].bias.shape == (0, 4)
+    assert_bitwise_equal(one(x), larix.nn.MLP(3, 2, 4, 1, key=key())(x))
+    assert len(larix.nn.MLP(3, 2, 4, 0, scan=True, key=key()).layers) == 1
 
 
 def test_learnt_activation_is_per_neuron():
@@ -84,13 +99,36 @@ def test_transforms_pickle_repr():
     assert "activation=<function _swish>" in repr(mlp)
 
 
-def test_matches_equinox():
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize(("in_size", "out_size"), [(3, 2), ("scalar", 2), (3, "scalar")])
+def test_matches_equinox_to_the_bit(depth, scan, in_size, out_size):
+    # The same key gives the same parameters in the same structure (with scan=True and
+    # depth=1, a stacked Linear of zero layers), and the same outputs.
     eqx = equinox()
-    for scan in (False, True):
-        theirs = eqx.nn.MLP(3, 2, 4, 3, activation=jnp.tanh, scan=scan, key=key(1))
-        ours = larix.nn.MLP(3, 2, 4, 3, activation=jnp.tanh, scan=scan, key=key(1))
-        if not scan:
-            assert same_arrays(ours, theirs)  # the same key gives the same parameters
-        ours = copy_arrays(theirs, ours)
-        x = jnp.array([0.2, -0.4, 0.9])
-        assert close(ours(x), theirs(x))
+    theirs = eqx.nn.MLP(in_size, out_size, 4, depth, activation=jnp.tanh, scan=scan, key=key(1))
+    ours = larix.nn.MLP(in_size, out_size, 4, depth, activation=jnp.tanh, scan=scan, key=key(1))
+    assert len(ours.layers) == len(theirs.layers) == (1 if depth == 0 else 3 if scan else depth + 1)
+    assert same_arrays(ours, theirs)
+    x = jax.random.normal(key(2), () if in_size == "scalar" else (in_size,))
+    assert_bitwise_equal(ours(x), theirs(x))
+    grads = larix.filter_grad(lambda m: jnp.sum(m(x)))(ours), eqx.filter_grad(lambda m: jnp.sum(m(x)))(theirs)
+    assert_bitwise_equal(larix.filter(grads[0], larix.is_array), eqx.filter(grads[1], eqx.is_array))
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_scan_with_learnt_activation_matches_equinox(depth):
+    eqx = equinox()
+    theirs = eqx.nn.MLP(2, 3, 4, depth, activation=eqx.nn.PReLU(0.1), scan=True, key=key(1))
+    ours = larix.nn.MLP(2, 3, 4, depth, activation=larix.nn.PReLU(0.1), scan=True, key=key(1))
+    theirs, ours = randomise(theirs, 5), randomise(ours, 5)
+    x = jnp.array([1.0, -1.0])
+    assert_bitwise_equal(ours(x), theirs(x))
+
+
+def test_depth_zero_applies_final_activation():
+    # A deliberate difference: Equinox 0.13 skips `final_activation` when depth=0 (its
+    # documentation says it is applied after the output layer); larix applies it.
+    mlp = larix.nn.MLP(3, 2, 4, 0, final_activation=jax.nn.sigmoid, key=key())
+    x = jnp.array([0.2, -0.4, 0.9])
+    assert_bitwise_equal(mlp(x), jax.nn.sigmoid(mlp.layers[0](x)))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from nn_helpers import check_transforms, close, equinox, key, pickle_roundtrip
+from nn_helpers import assert_bitwise_equal, check_transforms, close, equinox, key, pickle_roundtrip
 
 import larix
 
@@ -80,3 +80,16 @@ def test_matches_equinox(name, kwargs, shape):
     theirs = getattr(eqx.nn, name)(**kwargs)(x)
     ours = getattr(larix.nn, name)(**kwargs)(x)
     assert ours.shape == theirs.shape and close(ours, theirs)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.int8, jnp.bool_, jnp.bfloat16])
+@pytest.mark.parametrize("name, kwargs, shape", CASES)
+def test_integer_and_low_precision_inputs_match_equinox(dtype, name, kwargs, shape):
+    # Max pooling pads with -inf, which integers cannot hold: the smallest integer stands in.
+    if dtype == jnp.bool_ and name.startswith("Avg"):
+        pytest.skip("a sum of booleans is not defined (nor in Equinox)")
+    eqx = equinox()
+    x = (jax.random.normal(key(1), shape) * 50).astype(dtype)
+    with jax.numpy_dtype_promotion("strict"):
+        ours = getattr(larix.nn, name)(**kwargs)(x)
+    assert_bitwise_equal(ours, getattr(eqx.nn, name)(**kwargs)(x))

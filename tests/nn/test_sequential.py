@@ -47,7 +47,7 @@ def test_plain_function_error_suggests_lambda():
 
 def test_state_threading():
     model, state = larix.nn.make_with_state(larix.nn.Sequential)(
-        [larix.nn.Linear(2, 3, key=key()), larix.nn.BatchNorm(3, "batch"), larix.nn.LayerNorm(3)]
+        [larix.nn.Linear(2, 3, key=key()), larix.nn.BatchNorm(3, "batch", mode="ema"), larix.nn.LayerNorm(3)]
     )
     assert model.is_stateful() and not _model().is_stateful()
     run = larix.filter_vmap(lambda m, x, s: m(x, s), in_axes=(None, 0, None), out_axes=(0, None), axis_name="batch")
@@ -57,7 +57,7 @@ def test_state_threading():
 
 
 def test_stateful_layer_without_state_explains():
-    model, _ = larix.nn.make_with_state(larix.nn.Sequential)([larix.nn.BatchNorm(3, "batch")])
+    model, _ = larix.nn.make_with_state(larix.nn.Sequential)([larix.nn.BatchNorm(3, "batch", mode="ema")])
     with pytest.raises(TypeError, match="make_with_state"):
         model(jnp.ones(3))
 

@@ -6,10 +6,9 @@ import inspect
 
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import numpy as np
 import pytest
-from nn_helpers import close, copy_arrays, equinox, key, pickle_roundtrip, same_arrays
+from nn_helpers import assert_bitwise_equal, close, equinox, fresh, key, pickle_roundtrip, same_arrays
 
 import larix
 
@@ -55,22 +54,25 @@ def test_training_updates_state_and_inference_does_not():
     normed, state = make(linear, key=key(4))
     state = state.set(normed.uv_index, (jnp.ones(6) / np.sqrt(6), jnp.ones(6) / np.sqrt(6)))
     x = jnp.ones(6)
-    _, trained = normed(x, state)
+    _, trained = normed(x, fresh(state))
     assert not same_arrays(trained, state)
-    for frozen in (normed(x, state, inference=True)[1], larix.nn.inference_mode(normed)(x, state)[1]):
+    for frozen in (
+        normed(x, fresh(state), inference=True)[1],
+        larix.nn.inference_mode(normed)(x, fresh(state))[1],
+    ):
         assert same_arrays(frozen, state)
     fixed, fixed_state = make(linear, num_power_iterations=0, key=key(4))
-    assert same_arrays(fixed(x, fixed_state)[1], fixed_state)
+    assert same_arrays(fixed(x, fresh(fixed_state))[1], fixed_state)
     # inference=False overrides an inference-mode layer.
-    assert not same_arrays(larix.nn.inference_mode(normed)(x, state, inference=False)[1], state)
+    assert not same_arrays(larix.nn.inference_mode(normed)(x, fresh(state), inference=False)[1], state)
 
 
 def test_gradients_do_not_flow_through_the_power_iteration():
     linear = larix.nn.Linear(4, 3, key=key(5))
     normed, state = make(linear, key=key(6))
     x = jnp.arange(4.0)
-    grads = larix.filter_grad(lambda m, s: jnp.sum(m(x, s)[0] ** 2))(normed, state)
-    u, v = normed(x, state)[1].get(normed.uv_index)
+    grads = larix.filter_grad(lambda m, s: jnp.sum(m(x, s)[0] ** 2))(normed, fresh(state))
+    u, v = normed(x, fresh(state))[1].get(normed.uv_index)
 
     def reference(weight):
         sigma = u @ weight @ v  # u and v as constants
@@ -84,11 +86,11 @@ def test_transforms_sequential_and_pickle():
         [larix.nn.SpectralNorm(larix.nn.Linear(3, 4, key=key(7)), key=key(8)), larix.nn.Lambda(jax.nn.relu)]
     )
     xs = jax.random.normal(key(9), (5, 3))
-    expected_state = model(xs[0], state)[1]
+    expected_state = model(xs[0], fresh(state))[1]
     # A batch shares one state: its update does not depend on the inputs.
     batched = larix.filter_vmap(lambda m, x, s: m(x, s), in_axes=(None, 0, None), out_axes=(0, None))
     ys, new_state = larix.filter_jit(batched)(model, xs, state)
-    assert ys.shape == (5, 4) and close(ys[0], model(xs[0], state)[0])
+    assert ys.shape == (5, 4) and close(ys[0], model(xs[0], fresh(state))[0])
     assert close(new_state.get(model.layers[0].uv_index)[0], expected_state.get(model.layers[0].uv_index)[0])
     normed, state = make(larix.nn.Linear(3, 2, key=key()), key=key(1))
     restored, restored_state = pickle_roundtrip((normed, state))
@@ -126,16 +128,17 @@ def test_matches_equinox(layer, eps, iterations):
     # The same keys give the same parameters and initial state, to the bit.
     assert same_arrays(ours, theirs) and same_arrays(our_state, their_state)
 
-    def clone(state):  # Equinox's State refuses to be used twice
-        return jtu.tree_map(lambda a: a, state)
-
     x = jnp.linspace(-1, 1, 5) if layer == "linear" else jax.random.normal(key(12), (2, 6, 6))
-    for _ in range(3):
+    for _ in range(3):  # identical outputs and states, to the bit
         their_y, their_state = theirs(x, their_state)
         our_y, our_state = ours(x, our_state)
-        assert close(our_y, their_y)
-        assert all(close(a, b) for a, b in zip(jtu.tree_leaves(our_state), jtu.tree_leaves(their_state)))
-    assert close(ours(x, our_state, inference=True)[0], theirs(x, clone(their_state), inference=True)[0])
-    their_grads = eqx.filter_grad(lambda m, s: jnp.sum(m(x, s)[0] ** 2))(theirs, clone(their_state))
-    our_grads = larix.filter_grad(lambda m, s: jnp.sum(m(x, s)[0] ** 2))(copy_arrays(theirs, ours), our_state)
+        assert_bitwise_equal(our_y, their_y)
+        assert_bitwise_equal(our_state, their_state)
+    assert_bitwise_equal(
+        ours(x, fresh(our_state), inference=True)[0], theirs(x, fresh(their_state), inference=True)[0]
+    )
+    jitted = larix.filter_jit(lambda m, s: m(x, s)), eqx.filter_jit(lambda m, s: m(x, s))
+    assert_bitwise_equal(jitted[0](ours, fresh(our_state)), jitted[1](theirs, fresh(their_state)))
+    their_grads = eqx.filter_grad(lambda m, s: jnp.sum(m(x, s)[0] ** 2))(theirs, fresh(their_state))
+    our_grads = larix.filter_grad(lambda m, s: jnp.sum(m(x, s)[0] ** 2))(ours, our_state)
     assert close(our_grads.layer.weight, their_grads.layer.weight, rtol=1e-4, atol=1e-4)

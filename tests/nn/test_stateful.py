@@ -8,7 +8,7 @@ import pickle
 import jax
 import jax.numpy as jnp
 import pytest
-from nn_helpers import close, key
+from nn_helpers import close, equinox, key
 
 import larix
 
@@ -31,7 +31,7 @@ class Net(larix.Module):
 
     def __init__(self, key):
         self.linear = larix.nn.Linear(2, 3, key=key)
-        self.norm = larix.nn.BatchNorm(3, "batch")
+        self.norm = larix.nn.BatchNorm(3, "batch", mode="ema")
         shared = Counter()
         self.counters = (shared, shared)  # one layer used twice: one state entry
 
@@ -87,9 +87,75 @@ def test_get_set_are_functional():
     model, state = larix.nn.make_with_state(Counter)()
     y, new_state = model(jnp.array(10), state)
     assert int(y) == 10 and int(new_state.get(model.index)) == 1
-    assert int(state.get(model.index)) == 0  # the old state is unchanged
     with pytest.raises(AttributeError, match="immutable"):
-        state.foo = 1
+        new_state.foo = 1
+
+
+def _uses_of(state, model):
+    return {
+        "get": lambda: state.get(model.index),
+        "set": lambda: state.set(model.index, jnp.array(0, jnp.int32)),
+        "substate": lambda: state.substate(model),
+        "update": lambda: state.update(larix.nn.State(Counter())),
+        "flatten": lambda: jax.tree_util.tree_leaves(state),
+        "jit": lambda: jax.jit(lambda s: s)(state),
+        "pickle": lambda: pickle.dumps(state),
+    }
+
+
+@pytest.mark.parametrize("use", list(_uses_of(None, None)))
+@pytest.mark.parametrize("retire", ["set", "update", "layer"])
+def test_an_old_state_raises_as_in_equinox(retire, use):
+    # `set` and `update` retire the State they are called on (Equinox does the same): the
+    # usual bug is passing the old state to the next step, which must not run silently.
+    model, state = larix.nn.make_with_state(Counter)()
+    if retire == "set":
+        new = state.set(model.index, jnp.array(3, jnp.int32))
+    elif retire == "update":
+        new = state.update(state.substate(model))
+    else:
+        _, new = model(jnp.array(1), state)
+    with pytest.raises(ValueError, match=r"(?s)already used.*y, state = layer\(x, state\)") as info:
+        _uses_of(state, model)[use]()
+    assert "tree_map(lambda x: x, state)" in str(info.value)  # how to keep a state on purpose
+    assert "retired" in repr(state)
+    assert int(new.get(model.index)) in (0, 1, 3)  # the new state works
+
+
+def test_an_old_state_raises_like_equinox():
+    eqx = equinox()
+    for lib in (eqx, larix):
+        index = lib.nn.StateIndex(jnp.array(0))
+        state = lib.nn.State(index)
+        state.set(index, jnp.array(1))
+        with pytest.raises(ValueError):
+            state.get(index)
+        with pytest.raises(ValueError):
+            jax.tree_util.tree_leaves(state)
+
+
+def test_a_copied_state_can_be_reused():
+    model, state = larix.nn.make_with_state(Counter)()
+    saved = jax.tree_util.tree_map(lambda x: x, state)
+    _, state = model(jnp.array(1), state)
+    _, again = model(jnp.array(1), saved)
+    assert int(again.get(model.index)) == int(state.get(model.index)) == 1
+    # A failed `set` does not retire the state.
+    with pytest.raises(ValueError, match="f32"):
+        state.set(model.index, jnp.array(1.0))
+    assert int(state.get(model.index)) == 1
+
+
+def test_a_state_inside_a_transform_is_not_the_callers():
+    # jit and vmap hand the function a new State object: the caller's stays usable.
+    model, state = larix.nn.make_with_state(Counter)()
+    step = jax.jit(lambda s: model(jnp.array(0), s)[1])
+    assert int(step(state).get(model.index)) == int(step(state).get(model.index)) == 1
+    step = larix.filter_jit(lambda m, s: m(jnp.array(0), s)[1])
+    assert int(step(model, state).get(model.index)) == int(step(model, state).get(model.index)) == 1
+    step = larix.filter_vmap(lambda m, x, s: m(x, s), in_axes=(None, 0, None), out_axes=(0, None))
+    step(model, jnp.arange(2), state)
+    assert int(step(model, jnp.arange(2), state)[1].get(model.index)) == 1
 
 
 def test_set_checks_structure_shape_dtype():
@@ -149,5 +215,5 @@ def test_delete_init_state_keeps_shapes():
 
 
 def test_stateful_layer_default():
-    assert larix.nn.BatchNorm(2, "b").is_stateful()
+    assert larix.nn.BatchNorm(2, "b", mode="batch").is_stateful()
     assert issubclass(larix.nn.BatchNorm, larix.nn.StatefulLayer)

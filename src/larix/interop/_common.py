@@ -148,7 +148,8 @@ class _Side:
         model = merge(self.skeleton, arrays, self.rest)
         if self.state is None:
             return model
-        state = self.state
+        # A copy: State.set retires the State it is called on, and this one is the user's.
+        state = jtu.tree_map(lambda x: x, self.state)
         updates: dict[Any, dict[Any, Any]] = {}
         for key, (index, position) in self.indexes.items():
             if key in new:

@@ -14,6 +14,9 @@ from ._adaptive_pool import AdaptiveMaxPool2d as AdaptiveMaxPool2d
 from ._adaptive_pool import AdaptiveMaxPool3d as AdaptiveMaxPool3d
 from ._adaptive_pool import AdaptivePool as AdaptivePool
 from ._attention import MultiheadAttention as MultiheadAttention
+from ._attention import dot_product_attention as dot_product_attention
+from ._attention import dot_product_attention_weights as dot_product_attention_weights
+from ._batch_apply import BatchApply as BatchApply
 from ._batch_norm import BatchNorm as BatchNorm
 from ._conv import Conv as Conv
 from ._conv import Conv1d as Conv1d
@@ -23,6 +26,7 @@ from ._conv_transpose import ConvTranspose as ConvTranspose
 from ._conv_transpose import ConvTranspose1d as ConvTranspose1d
 from ._conv_transpose import ConvTranspose2d as ConvTranspose2d
 from ._conv_transpose import ConvTranspose3d as ConvTranspose3d
+from ._dense_general import DenseGeneral as DenseGeneral
 from ._dropout import Dropout as Dropout
 from ._embedding import Embedding as Embedding
 from ._embedding import RotaryPositionalEmbedding as RotaryPositionalEmbedding

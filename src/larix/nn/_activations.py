@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import jax
 import jax.numpy as jnp
 
 from .._module import Module
@@ -45,6 +46,12 @@ class PReLU(Module):
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
         """**Arguments:** `x`, an array of any shape; `key`, ignored.
 
-        **Returns:** an array of the shape of `x`.
+        **Returns:** an array of the shape of `x`, in the dtype of `x` and the slope
+        promoted together (an integer input gives a float output).
         """
-        return jnp.where(x >= 0, x, self.negative_slope * x)
+        # The slope is the layer's own parameter, broadcast against the input by design:
+        # mixing its dtype and rank with the input's is this layer's meaning, not an
+        # implicit promotion of the user's arrays, so it works under strict promotion
+        # settings too (as in Equinox).
+        with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
+            return jnp.where(x >= 0, x, self.negative_slope * x)

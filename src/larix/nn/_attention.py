@@ -1,4 +1,4 @@
-"""MultiheadAttention: scaled dot-product attention over several heads."""
+"""Scaled dot-product attention: the functions for one head, and MultiheadAttention."""
 
 # ruff: noqa: F722 - jaxtyping shape strings are not forward references
 
@@ -14,12 +14,105 @@ import jax.numpy as jnp
 from .._module import Module, field
 from ._dropout import Dropout
 from ._linear import Linear
-from ._misc import check_size
+from ._misc import at_least_float32, check_size, deprecated_deterministic
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-__all__ = ["MultiheadAttention"]
+__all__ = ["MultiheadAttention", "dot_product_attention", "dot_product_attention_weights"]
+
+
+def dot_product_attention_weights(
+    query: Float[Array, "q_seq qk_size"],
+    key: Float[Array, "kv_seq qk_size"],
+    mask: Bool[Array, "q_seq kv_seq"] | None = None,
+) -> Float[Array, "q_seq kv_seq"]:
+    """The attention weights of one head: `softmax(query @ key.T / sqrt(qk_size))`, each
+    row summing to one over the key positions.
+
+    The softmax is computed in at least float32 (in bfloat16 or float16 its normalisation
+    loses most digits) and the weights are returned in the dtype of the logits.
+
+    **Arguments:**
+
+    - `query`: shape `(query_seq_length, qk_size)`.
+    - `key`: shape `(kv_seq_length, qk_size)`.
+    - `mask`: optional booleans of shape `(query_seq_length, kv_seq_length)`; `False`
+      means "do not attend" (weight zero, unless a whole row is masked).
+
+    **Returns:** the weights, of shape `(query_seq_length, kv_seq_length)`.
+
+    **Raises:** `ValueError` if `mask` has another shape.
+
+    !!! example
+        ```python
+        >>> import jax.numpy as jnp, larix
+        >>> q = jnp.array([[0.0, 2.0 ** 0.5]])
+        >>> k = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+        >>> larix.nn.dot_product_attention_weights(q, k)  # [1, e] / (1 + e)
+        Array([[0.26894143, 0.7310586 ]], dtype=float32)
+        >>> larix.nn.dot_product_attention_weights(q, k, mask=jnp.array([[True, False]]))
+        Array([[1., 0.]], dtype=float32)
+
+        ```
+    """
+    query = query / math.sqrt(query.shape[-1])
+    logits = jnp.einsum("sd,Sd->sS", query, key)
+    if mask is not None:
+        if jnp.shape(mask) != logits.shape:
+            raise ValueError(
+                f"dot_product_attention: `mask` must have shape (query_seq_length, "
+                f"kv_seq_length) = {logits.shape}, got {jnp.shape(mask)}. In "
+                "MultiheadAttention, a mask per head has shape (num_heads, query_seq_length, "
+                "kv_seq_length)."
+            )
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits.astype(at_least_float32(logits.dtype)), axis=-1)
+    return weights.astype(logits.dtype)
+
+
+def dot_product_attention(
+    query: Float[Array, "q_seq qk_size"],
+    key_: Float[Array, "kv_seq qk_size"],
+    value: Float[Array, "kv_seq v_size"],
+    mask: Bool[Array, "q_seq kv_seq"] | None = None,
+    dropout: Dropout | None = None,
+    *,
+    key: PRNGKeyArray | None = None,
+    inference: bool | None = None,
+) -> Float[Array, "q_seq v_size"]:
+    """Scaled dot-product attention of one head: the values averaged with the weights of
+    [`larix.nn.dot_product_attention_weights`][], optionally after dropout on the weights.
+
+    **Arguments:**
+
+    - `query`: shape `(query_seq_length, qk_size)`.
+    - `key_`: shape `(kv_seq_length, qk_size)`.
+    - `value`: shape `(kv_seq_length, v_size)`.
+    - `mask`: optional booleans of shape `(query_seq_length, kv_seq_length)`; `False`
+      means "do not attend".
+    - `dropout`: an optional [`larix.nn.Dropout`][] applied to the weights.
+    - `key`: keyword-only; the `jax.random` key for `dropout`.
+    - `inference`: keyword-only; passed to `dropout`.
+
+    **Returns:** an array of shape `(query_seq_length, v_size)`.
+
+    **Raises:** `ValueError` if `mask` has the wrong shape.
+
+    !!! example
+        ```python
+        >>> import jax, jax.numpy as jnp, larix
+        >>> q, k, v = jnp.ones((2, 4)), jnp.ones((3, 4)), jnp.arange(6.0).reshape(3, 2)
+        >>> larix.nn.dot_product_attention(q, k, v)  # equal weights: the mean of the values
+        Array([[2., 3.],
+               [2., 3.]], dtype=float32)
+
+        ```
+    """
+    weights = dot_product_attention_weights(query, key_, mask)
+    if dropout is not None:
+        weights = dropout(weights, key=key, inference=inference)
+    return jnp.einsum("sS,Sd->sd", weights, value)
 
 
 class MultiheadAttention(Module):
@@ -162,6 +255,7 @@ class MultiheadAttention(Module):
         *,
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
+        deterministic: bool | None = None,
         process_heads: Callable[[Any, Any, Any], tuple[Any, Any, Any]] | None = None,
     ) -> Float[Array, "q_seq o_size"]:
         """**Arguments:**
@@ -175,6 +269,8 @@ class MultiheadAttention(Module):
         - `key`: keyword-only; a `jax.random` key for dropout (needed if `dropout_p > 0`
           outside inference mode).
         - `inference`: keyword-only; overrides the dropout's `inference` flag.
+        - `deterministic`: keyword-only; deprecated (as in Equinox), the old name of
+          `inference`. If given, it replaces `inference` and warns.
         - `process_heads`: keyword-only; a function `(q, k, v) -> (q, k, v)` applied to
           the projected heads, of shapes `(seq_length, num_heads, qk_size)` (and
           `vo_size` for `v`), for example to apply a
@@ -184,6 +280,11 @@ class MultiheadAttention(Module):
 
         **Raises:** `ValueError` naming every input of the wrong shape.
         """
+        if deterministic is not None:
+            inference = deterministic
+            deprecated_deterministic(
+                "MultiheadAttention()(deterministic=...)", "MultiheadAttention()(inference=...)"
+            )
         self._check_inputs(query, key_, value, mask)
         q = jax.vmap(self.query_proj)(query).reshape(query.shape[0], self.num_heads, -1)
         k = jax.vmap(self.key_proj)(key_).reshape(key_.shape[0], self.num_heads, -1)
@@ -196,17 +297,14 @@ class MultiheadAttention(Module):
                     f"MultiheadAttention: process_heads must keep the shapes of the heads "
                     f"{shapes}, but returned {(q.shape, k.shape, v.shape)}."
                 )
-        logits = jnp.einsum("shd,Shd->hsS", q / math.sqrt(q.shape[-1]), k)
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        # Softmax in at least float32: in bfloat16 the normalisation loses most digits.
-        weights = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
-        weights = weights.astype(logits.dtype)
-        # One dropout key per head, each head's weights dropped independently.
+
+        # Each head attends on its own, mapped over the head axis (1): the same operations
+        # as Equinox, so that results agree with it to the bit. Each head gets its own
+        # dropout key, and its own mask if `mask` has one per head.
+        def attend(q: Any, k: Any, v: Any, mask: Any, key: Any) -> Any:
+            return dot_product_attention(q, k, v, mask, self.dropout, key=key, inference=inference)
+
         head_keys = None if key is None else jax.random.split(key, self.num_heads)
-        if head_keys is None:
-            weights = self.dropout(weights, inference=inference)
-        else:
-            weights = jax.vmap(lambda w, k: self.dropout(w, key=k, inference=inference))(weights, head_keys)
-        attended = jnp.einsum("hsS,Shd->shd", weights, v).reshape(query.shape[0], -1)
-        return jax.vmap(self.output_proj)(attended)
+        mask_axis = 0 if mask is not None and jnp.ndim(mask) == 3 else None
+        attended = jax.vmap(attend, in_axes=(1, 1, 1, mask_axis, 0), out_axes=1)(q, k, v, mask, head_keys)
+        return jax.vmap(self.output_proj)(attended.reshape(query.shape[0], -1))

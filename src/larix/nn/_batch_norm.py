@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from .._module import field
-from ._misc import check_size, resolve_dtype, shape_error
+from ._misc import at_least_float32, check_size, resolve_dtype, shape_error, warn_at_caller
 from ._stateful import State, StatefulLayer, StateIndex
 
 if TYPE_CHECKING:
@@ -33,7 +33,8 @@ class BatchNorm(StatefulLayer):
     `shard_map` with that name). Build it with [`larix.nn.make_with_state`][], and switch
     to the running statistics with [`larix.nn.inference_mode`][].
 
-    Two modes, as in Equinox:
+    Two modes, as in Equinox; pass one (without `mode`, it is `"ema"` with a warning, as
+    in Equinox):
 
     - `mode="ema"`: in training, the running statistics are updated as
       `momentum * running + (1 - momentum) * batch` (set to the batch statistics on the
@@ -43,7 +44,8 @@ class BatchNorm(StatefulLayer):
       running statistics are updated as above; in inference, the running statistics are
       used after dividing by `1 - momentum ** steps` (Adam's bias correction), since
       they start from zero. This is PyTorch's and Flax's behaviour, and the better choice
-      for new code.
+      for new code. (Equinox starts the running variance at one instead of zero, so a
+      fresh state differs; a state trained by Equinox gives Equinox's results.)
 
     **Fields:**
 
@@ -97,7 +99,7 @@ class BatchNorm(StatefulLayer):
         momentum: float = 0.99,
         inference: bool = False,
         dtype: Any = None,
-        mode: Literal["ema", "batch", "legacy"] = "ema",
+        mode: Literal["ema", "batch", "legacy"] = "legacy",
     ):
         """**Arguments:**
 
@@ -111,13 +113,22 @@ class BatchNorm(StatefulLayer):
           unchanged. Changed by [`larix.nn.inference_mode`][]; overridden per call.
         - `dtype`: the dtype of the parameters and running statistics (default `float32`,
           or `float64` in 64-bit mode).
-        - `mode`: `"ema"` (the default, Equinox's default behaviour) or `"batch"`; see
-          above. `"legacy"` is accepted as Equinox's name for `"ema"`.
+        - `mode`: `"ema"` or `"batch"`; see above. Pass it: left out (or given as
+          `"legacy"`), it means `"ema"` and warns, as in Equinox.
 
         **Raises:** `ValueError` for an unknown `mode` or a `momentum` outside `[0, 1)`.
+
+        **Warns:** `UserWarning` if `mode` is not given.
         """
         check_size("BatchNorm", "input_size", input_size)
         if mode == "legacy":
+            warn_at_caller(
+                'BatchNorm: no `mode` was given, so it is "ema" (for compatibility with '
+                "older Equinox code), which normalises by the running statistics even in "
+                'training. For new code, pass mode="batch" (batch statistics in training, '
+                'as in PyTorch and Flax); pass mode="ema" to keep this behaviour without '
+                "this warning. See https://github.com/patrick-kidger/equinox/issues/659."
+            )
             mode = "ema"
         if mode not in _MODES:
             raise ValueError(f"BatchNorm: `mode` must be 'ema' or 'batch', got {mode!r}.")
@@ -145,7 +156,8 @@ class BatchNorm(StatefulLayer):
         try:
             mean = jax.lax.pmean(jnp.mean(x, axes), self.axis_name)
             centred = x - mean.reshape((-1,) + (1,) * len(axes))
-            variance = jax.lax.pmean(jnp.mean(centred**2, axes), self.axis_name)
+            variance = jax.lax.pmean(jnp.mean(centred * jnp.conj(centred), axes), self.axis_name)
+            variance = jnp.maximum(variance, 0.0)  # rounding can make a variance slightly negative
         except NameError:
             raise NameError(
                 f"BatchNorm(axis_name={self.axis_name!r}) averages its statistics over the "
@@ -182,8 +194,11 @@ class BatchNorm(StatefulLayer):
             raise shape_error(f"BatchNorm(input_size={self.input_size}, ...)", f"({self.input_size}, ...)", shape)
         if inference is None:
             inference = self.inference
-        dtype = jnp.result_type(x)
-        x = jnp.asarray(x, jnp.promote_types(dtype, jnp.float32))
+        # Computed in at least float32; the output has the input's dtype, or float32 for
+        # integer input (raw pixel values, say), as in Equinox.
+        compute_dtype = at_least_float32(jnp.result_type(x))
+        dtype = jnp.result_type(x) if jnp.issubdtype(jnp.result_type(x), jnp.inexact) else compute_dtype
+        x = jnp.asarray(x, compute_dtype)
         m = self.momentum
         if self.mode == "ema":
             running_mean, running_var = state.get(self.ema_state_index)
@@ -216,7 +231,9 @@ class BatchNorm(StatefulLayer):
                     ),
                 )
         broadcast = (-1,) + (1,) * (x.ndim - 1)
-        y = (x - mean.reshape(broadcast)) * jax.lax.rsqrt(variance.reshape(broadcast) + self.eps)
+        # Divided by the square root, not multiplied by `rsqrt`: the two round differently,
+        # and this is Equinox's order, so that float32 results agree with it to the bit.
+        y = (x - mean.reshape(broadcast)) / jnp.sqrt(variance.reshape(broadcast) + self.eps)
         if self.channelwise_affine:
             y = y * self.weight.reshape(broadcast) + self.bias.reshape(broadcast)
         return y.astype(dtype), state

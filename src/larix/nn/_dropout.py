@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from .._module import Module
+from ._misc import deprecated_deterministic
 
 if TYPE_CHECKING:
     from jaxtyping import Array, PRNGKeyArray
@@ -43,15 +44,20 @@ class Dropout(Module):
     p: float
     inference: bool
 
-    def __init__(self, p: float = 0.5, inference: bool = False):
+    def __init__(self, p: float = 0.5, inference: bool = False, *, deterministic: bool | None = None):
         """**Arguments:**
 
         - `p`: the probability of dropping each entry, in `[0, 1)`.
         - `inference`: if `True`, dropout is not applied. Changed by
           [`larix.nn.inference_mode`][], and overridden per call by `inference=`.
+        - `deterministic`: keyword-only; deprecated (as in Equinox), the old name of
+          `inference`. If given, it replaces `inference` and warns.
 
         **Raises:** `ValueError` if `p` is not in `[0, 1)`.
         """
+        if deterministic is not None:
+            inference = deterministic
+            deprecated_deterministic("Dropout(deterministic=...)", "Dropout(inference=...)")
         if isinstance(p, (int, float)) and not 0 <= p < 1:
             raise ValueError(
                 f"Dropout: `p` is the probability of dropping an entry and must be in [0, 1), got {p}."
@@ -59,8 +65,18 @@ class Dropout(Module):
         self.p = p
         self.inference = inference
 
+    @property
+    def deterministic(self) -> bool:
+        """Deprecated (as in Equinox): the old name of `inference`."""
+        return self.inference
+
     def __call__(
-        self, x: Array, *, key: PRNGKeyArray | None = None, inference: bool | None = None
+        self,
+        x: Array,
+        *,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+        deterministic: bool | None = None,
     ) -> Array:
         """**Arguments:**
 
@@ -68,11 +84,16 @@ class Dropout(Module):
         - `key`: a `jax.random` key choosing which entries to drop; needed unless in
           inference mode or `p == 0`.
         - `inference`: overrides `self.inference` for this call if not `None`.
+        - `deterministic`: deprecated (as in Equinox), the old name of `inference`; if
+          given, it replaces `inference` and warns.
 
         **Returns:** an array of the shape and dtype of `x`.
 
         **Raises:** `RuntimeError` if no `key` is given in training mode.
         """
+        if deterministic is not None:
+            inference = deterministic
+            deprecated_deterministic("Dropout()(deterministic=...)", "Dropout()(inference=...)")
         if inference is None:
             inference = self.inference
         if isinstance(self.p, (int, float)) and self.p == 0:

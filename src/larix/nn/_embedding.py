@@ -180,10 +180,69 @@ class RotaryPositionalEmbedding(Module):
                 f"shape (seq_length, {self.embedding_size}), got {jnp.shape(x)}. For "
                 "several heads, vmap over the head axis."
             )
-        seq_length, half = x.shape[0], self.embedding_size // 2
-        frequencies = 1.0 / self.theta ** (jnp.arange(0, self.embedding_size, 2, dtype=self.dtype) / self.embedding_size)
-        angles = jnp.outer(jnp.arange(seq_length, dtype=self.dtype), frequencies)
-        cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)
-        sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)
-        rotated_half = jnp.concatenate([-x[:, half:], x[:, :half]], axis=-1)
-        return (x * cos + rotated_half * sin).astype(x.dtype)
+        cos, sin = self.precompute_freqs_cis(self.embedding_size, x.shape[0], self.theta, self.dtype)
+        cos, sin = jnp.tile(cos, (1, 2)), jnp.tile(sin, (1, 2))
+        try:
+            rotated = x * cos + self.rotate_half(x) * sin
+        except jax.dtypes.TypePromotionError as error:
+            # Strict promotion refuses to mix the input's dtype with the table's; as in
+            # Equinox, say which two dtypes and how to make them agree.
+            raise jax.dtypes.TypePromotionError(
+                f"RotaryPositionalEmbedding(dtype={jnp.dtype(self.dtype).name}) got `x` of "
+                f"dtype {jnp.result_type(x).name}, and jax_numpy_dtype_promotion='strict' "
+                "forbids mixing them. Build the layer with "
+                f"`RotaryPositionalEmbedding(..., dtype=jnp.{jnp.result_type(x).name})`, or cast "
+                f"`x` to {jnp.dtype(self.dtype).name}."
+            ) from error
+        return rotated.astype(x.dtype)
+
+    @staticmethod
+    def rotate_half(x: Float[Array, "... embedding_size"]) -> Float[Array, "... embedding_size"]:
+        """`[-x2, x1]` for `x = [x1, x2]` split in halves along the last axis: the partner of
+        each feature in its rotation pair, with the sign of a 90-degree turn.
+
+        **Arguments:**
+
+        - `x`: an array whose last axis has even length.
+
+        **Returns:** an array of the same shape.
+        """
+        half = x.shape[-1] // 2
+        return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+    @staticmethod
+    def precompute_freqs_cis(
+        embedding_size: int, end: int, theta: float, dtype: Any
+    ) -> tuple[Float[Array, "end half_embedding_size"], Float[Array, "end half_embedding_size"]]:
+        """The cosines and sines of the rotation angles `t * theta ** (-2i / embedding_size)`
+        for positions `t < end` and pairs `i < embedding_size // 2`: the real and imaginary
+        parts of Meta's `freqs_cis`, under Equinox's name.
+
+        They are computed in the default float dtype (`float32`, or `float64` in 64-bit
+        mode) and cast to `dtype` only at the end, so that a low-precision table is as
+        accurate as its dtype allows.
+
+        **Arguments:**
+
+        - `embedding_size`: the (even) size of the vectors to rotate.
+        - `end`: the number of positions.
+        - `theta`: the base of the frequencies.
+        - `dtype`: the dtype of the result.
+
+        **Returns:** the pair `(cos, sin)`, each of shape `(end, embedding_size // 2)`.
+
+        !!! example
+            ```python
+            >>> import jax.numpy as jnp, larix
+            >>> cos, sin = larix.nn.RotaryPositionalEmbedding.precompute_freqs_cis(4, 2, 10_000.0, jnp.float32)
+            >>> cos
+            Array([[1.       , 1.       ],
+                   [0.5403023, 0.99995  ]], dtype=float32)
+
+            ```
+        """
+        compute_dtype = default_floating_dtype()
+        exponents = jnp.arange(0, embedding_size, 2, dtype=compute_dtype) / embedding_size
+        frequencies = 1.0 / (theta**exponents)
+        angles = jnp.outer(jnp.arange(end, dtype=compute_dtype), frequencies)
+        return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)

@@ -70,17 +70,20 @@ class Linear(Module):
         - `key`: a `jax.random` key for the initialisation (keyword-only).
 
         Weight and bias are drawn uniformly from `[-1/sqrt(in_features), 1/sqrt(in_features))`,
-        as in Equinox and PyTorch.
+        as in Equinox and PyTorch (from `[-1, 1)` if `in_features=0`). Either size may be
+        zero: with `in_features=0` the output is the bias; with `out_features=0` it is empty.
         """
         if in_features != "scalar":
-            check_size("Linear", "in_features", in_features)
+            check_size("Linear", "in_features", in_features, minimum=0)
         if out_features != "scalar":
             check_size("Linear", "out_features", out_features, minimum=0)
         dtype = resolve_dtype(dtype)
         num_in = 1 if in_features == "scalar" else in_features
         num_out = 1 if out_features == "scalar" else out_features
         weight_key, bias_key = jax.random.split(key)
-        lim = fan_in_bound(num_in)
+        # No inputs: the weight is empty and the bound only matters for the bias, drawn
+        # from [-1, 1) as in Equinox.
+        lim = fan_in_bound(num_in) if num_in > 0 else 1.0
         self.weight = uniform(weight_key, (num_out, num_in), dtype, lim)
         self.bias = uniform(bias_key, (num_out,), dtype, lim) if use_bias else None
         self.in_features = in_features

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,14 +14,19 @@ import jax.numpy as jnp
 
 __all__ = [
     "NO_STATE",
+    "at_least_float32",
     "check_size",
     "default_floating_dtype",
+    "deprecated_deterministic",
     "fan_in_bound",
     "ntuple",
     "resolve_dtype",
     "shape_error",
     "uniform",
+    "warn_at_caller",
 ]
+
+_LARIX_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def default_floating_dtype() -> Any:
@@ -28,6 +36,38 @@ def default_floating_dtype() -> Any:
 
 def resolve_dtype(dtype: Any) -> Any:
     return default_floating_dtype() if dtype is None else dtype
+
+
+def warn_at_caller(message: str) -> None:
+    """`warnings.warn(message, UserWarning)`, reported at the first line outside larix
+    (the user's `Dropout(...)` or `layer(x)`) however many larix frames (Module
+    construction, interceptors) lie between."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_LARIX_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def deprecated_deterministic(old: str, new: str) -> None:
+    """Warn that `deterministic=` (Equinox's old name of `inference=`) was used: a
+    `UserWarning`, as Equinox emits, so that code filtering Equinox's warning still does."""
+    warn_at_caller(
+        f"{old} is deprecated in favour of {new}: `deterministic` is the old name of "
+        "`inference`, kept only so that older Equinox code runs."
+    )
+
+
+def at_least_float32(dtype: Any) -> Any:
+    """The dtype to compute statistics and softmaxes in: `dtype` promoted with `float32`
+    (so `bfloat16`/`float16`/integers give `float32`; `float64` stays).
+
+    Asked under standard promotion: `jnp.promote_types` obeys `jax_numpy_dtype_promotion`,
+    and under "strict" it refuses `bfloat16` with `float32`. Choosing to compute in float32
+    is this library's decision, not an implicit promotion of the user's arrays, so it must
+    not depend on that setting.
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.promote_types(dtype, jnp.float32)
 
 
 def uniform(key: Any, shape: tuple[int, ...], dtype: Any, lim: float) -> jax.Array:

@@ -55,8 +55,9 @@ class MLP(Module):
 
     - `layers`: the tuple of [`larix.nn.Linear`][] layers: `in_size -> width_size`,
       `depth - 1` times `width_size -> width_size`, then `width_size -> out_size` (just
-      `in_size -> out_size` when `depth=0`). With `scan=True` the middle layers are stored
-      as one `Linear` whose arrays have a leading axis of size `depth - 1`.
+      `in_size -> out_size` when `depth=0`). With `scan=True` and `depth >= 1` it holds
+      three: the middle layers are stored as one `Linear` whose arrays have a leading
+      axis of size `depth - 1` (possibly 0).
     - `activation`, `final_activation`: the activations. An activation with parameters
       (such as [`larix.nn.PReLU`][]) is copied for every neuron of every hidden layer and
       applied elementwise; a plain function is applied to each layer's output vector.
@@ -120,15 +121,22 @@ class MLP(Module):
         check_size("MLP", "width_size", width_size)
         check_size("MLP", "depth", depth, minimum=0)
         keys = jax.random.split(key, depth + 1)
+
+        def hidden(k: Any) -> Linear:
+            return Linear(width_size, width_size, use_bias, dtype, key=k)
+
         if depth == 0:
             layers = [Linear(in_size, out_size, use_final_bias, dtype, key=keys[0])]
         else:
             layers = [Linear(in_size, width_size, use_bias, dtype, key=keys[0])]
-            layers += [Linear(width_size, width_size, use_bias, dtype, key=k) for k in keys[1:depth]]
+            if scan:
+                # One Linear whose arrays have a leading axis of size depth - 1 (zero when
+                # depth == 1, as in Equinox, so that the structure does not depend on
+                # depth); vmapping the constructor draws the same numbers as a loop.
+                layers.append(jax.vmap(hidden)(keys[1:depth]))
+            else:
+                layers += [hidden(k) for k in keys[1:depth]]
             layers.append(Linear(width_size, out_size, use_final_bias, dtype, key=keys[depth]))
-        if scan and depth >= 2:
-            middle = jtu.tree_map(lambda *xs: jnp.stack(xs), *layers[1:-1])
-            layers = [layers[0], middle, layers[-1]]
         self.layers = tuple(layers)
         self.activation = _per_neuron(activation, (depth, width_size))
         self.final_activation = (
@@ -152,7 +160,7 @@ class MLP(Module):
         """
         if self.depth > 0:
             x = _activate(_take(self.activation, 0), self.layers[0](x))
-            if self.scan and self.depth >= 2:
+            if self.scan:
                 x = self._scan_middle(x)
             else:
                 for i, layer in enumerate(self.layers[1:-1], start=1):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from .._module import Module, field
-from ._misc import NO_STATE, check_size, resolve_dtype, shape_error
+from ._misc import NO_STATE, at_least_float32, check_size, resolve_dtype, shape_error
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Float, PRNGKeyArray
@@ -21,12 +21,10 @@ if TYPE_CHECKING:
 __all__ = ["GroupNorm", "LayerNorm", "RMSNorm"]
 
 
-
-
-def _compute_dtype(dtype: Any) -> Any:
-    # Statistics in at least float32: a mean and variance over many bfloat16 values lose
-    # most of their digits otherwise. The output is cast back to the input's dtype.
-    return jnp.promote_types(dtype, jnp.float32)
+# Statistics are computed in at least float32 (`at_least_float32`): a mean and variance
+# over many bfloat16 values lose most of their digits otherwise. The output is cast back
+# to the input's dtype. Every operation below is ordered as in Equinox, so that float32
+# results agree with it to the bit.
 
 
 def _with_state(y: Any, state: Any) -> Any:
@@ -111,9 +109,9 @@ class LayerNorm(Module):
         if jnp.shape(x) != self.shape:
             raise shape_error(f"LayerNorm(shape={self.shape})", self.shape, jnp.shape(x))
         dtype = jnp.result_type(x)
-        x = jnp.asarray(x, _compute_dtype(dtype))
+        x = jnp.asarray(x, at_least_float32(dtype))
         mean = jnp.mean(x)
-        variance = jnp.maximum(jnp.var(x), 0)  # rounding can make a variance slightly negative
+        variance = jnp.maximum(jnp.var(x), 0.0)  # rounding can make a variance slightly negative
         y = (x - mean) * jax.lax.rsqrt(variance + self.eps)
         if self.weight is not None:
             y = y * self.weight.astype(y.dtype)
@@ -192,7 +190,7 @@ class RMSNorm(Module):
         if jnp.shape(x) != self.shape:
             raise shape_error(f"RMSNorm(shape={self.shape})", self.shape, jnp.shape(x))
         dtype = jnp.result_type(x)
-        x = jnp.asarray(x, _compute_dtype(dtype))
+        x = jnp.asarray(x, at_least_float32(dtype))
         y = x * jax.lax.rsqrt(jnp.mean(x**2) + self.eps)
         if self.weight is not None:
             y = y * self.weight.astype(y.dtype)
@@ -289,9 +287,12 @@ class GroupNorm(Module):
         if not shape or shape[0] % self.groups != 0:
             raise ValueError(f"{layer}: the first axis of x (channels) must be divisible by {self.groups}; got shape {shape}.")
         dtype = jnp.result_type(x)
-        grouped = jnp.asarray(x, _compute_dtype(dtype)).reshape(self.groups, -1)
-        mean = jnp.mean(grouped, axis=1, keepdims=True)
-        variance = jnp.maximum(jnp.var(grouped, axis=1, keepdims=True), 0)
+        # Groups of shape (channels // groups, *spatial), reduced over all their axes at
+        # once: reducing a flattened group instead sums in another order (about 1e-7 off).
+        grouped = jnp.asarray(x, at_least_float32(dtype)).reshape(self.groups, shape[0] // self.groups, *shape[1:])
+        axes = tuple(range(1, grouped.ndim))
+        mean = jnp.mean(grouped, axis=axes, keepdims=True)
+        variance = jnp.maximum(jnp.var(grouped, axis=axes, keepdims=True), 0.0)
         y = ((grouped - mean) * jax.lax.rsqrt(variance + self.eps)).reshape(shape)
         if self.channelwise_affine:
             broadcast = (-1,) + (1,) * (len(shape) - 1)

@@ -33,9 +33,16 @@ def _init_value(init: Any, dtype: Any) -> Any:
     # A concrete (NumPy) identity lets JAX recognise max/add pooling and use its
     # differentiable reduce_window primitives.
     try:
-        return np.asarray(init, dtype=dtype)
+        value = np.asarray(init)
     except (TypeError, jax.errors.TracerArrayConversionError):
         return jnp.asarray(init, dtype)
+    if value.dtype.kind == "f" and (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)):
+        # Max pooling starts from -inf, which an integer (or bool) cannot hold: use the
+        # smallest value of the dtype instead, the identity of `max` there (and what XLA
+        # makes of -inf), so that integer images can be max pooled.
+        low, high = (0, 1) if np.issubdtype(dtype, np.bool_) else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+        value = np.clip(value, low, high)
+    return value.astype(dtype)
 
 
 class Pool(Module):

@@ -81,7 +81,7 @@ class GRUCell(Module):
         check_size("GRUCell", "hidden_size", hidden_size)
         dtype = resolve_dtype(dtype)
         ih_key, hh_key, bias_key, bias_n_key = jax.random.split(key, 4)
-        lim = 1 / math.sqrt(hidden_size)
+        lim = math.sqrt(1 / hidden_size)  # as Equinox; 1 / sqrt(n) can differ in the last bit (float64)
         self.weight_ih = uniform(ih_key, (3 * hidden_size, input_size), dtype, lim)
         self.weight_hh = uniform(hh_key, (3 * hidden_size, hidden_size), dtype, lim)
         self.bias = uniform(bias_key, (3 * hidden_size,), dtype, lim) if use_bias else None
@@ -117,7 +117,9 @@ class GRUCell(Module):
         if self.bias_n is not None:
             hidden_n = hidden_n + self.bias_n
         new = jnp.tanh(input_n + reset * hidden_n)
-        return (1 - update) * new + update * hidden
+        # `(1 - z) * new + z * h`, written with one fewer rounding (and as Equinox writes
+        # it, so that results agree to the bit).
+        return new + update * (hidden - new)
 
 
 class LSTMCell(Module):
@@ -167,7 +169,7 @@ class LSTMCell(Module):
         check_size("LSTMCell", "hidden_size", hidden_size)
         dtype = resolve_dtype(dtype)
         ih_key, hh_key, bias_key = jax.random.split(key, 3)
-        lim = 1 / math.sqrt(hidden_size)
+        lim = math.sqrt(1 / hidden_size)  # as Equinox; 1 / sqrt(n) can differ in the last bit (float64)
         self.weight_ih = uniform(ih_key, (4 * hidden_size, input_size), dtype, lim)
         self.weight_hh = uniform(hh_key, (4 * hidden_size, hidden_size), dtype, lim)
         self.bias = uniform(bias_key, (4 * hidden_size,), dtype, lim) if use_bias else None

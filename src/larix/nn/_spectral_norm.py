@@ -157,6 +157,8 @@ class SpectralNorm(StatefulLayer, Generic[_Layer]):
                 u, v = _power_iteration(fixed, u, v, self.eps)
             state = state.set(self.uv_index, (u, v))
         u, v = jax.lax.stop_gradient((u, v))
-        sigma = u @ matrix @ v
+        # One three-operand einsum rather than `u @ matrix @ v`: it contracts in another
+        # order, the one Equinox uses, so that results agree with it to the bit.
+        sigma = jnp.einsum("i,ij,j->", u, matrix, v)
         layer: Any = tree_at(lambda m: getattr(m, self.weight_name), self.layer, weight / sigma)
         return layer(x), state

@@ -142,11 +142,31 @@ class _MissingStateError(KeyError):
         return str(self.args[0])
 
 
+# What a State holds once `set` or `update` has returned its successor: any use of it
+# raises `_RETIRED_MESSAGE`, as in Equinox. Reusing a state is almost always the bug of
+# passing `state` where `new_state` was meant, which would otherwise run silently on stale
+# statistics.
+_RETIRED: Any = None
+
+_RETIRED_MESSAGE = """\
+this larix.nn.State was already used: `set` or `update` was called on it (a stateful layer \
+does that) and returned a new State, which replaces it. Use the State that call returned:
+
+    y, state = layer(x, state)
+    y, state = layer(y, state)    # not `layer(y, old_state)`
+
+To keep an old state on purpose, copy it before it is used: \
+`saved = jax.tree_util.tree_map(lambda x: x, state)`."""
+
+
 class State:
     """The state of a model: a mapping from each [`larix.nn.StateIndex`][] in it to a value.
 
     A pytree (its leaves are the values' arrays), immutable: `set` and `update` return a
-    new `State`. Usually made together with the model by [`larix.nn.make_with_state`][].
+    new `State` and retire this one, so that any later use of it (`get`, another `set`,
+    flattening it, ...) raises a `ValueError`, as in Equinox: reusing an old state is
+    almost always a bug. Copy a state to keep it: `jax.tree_util.tree_map(lambda x: x,
+    state)`. Usually made together with the model by [`larix.nn.make_with_state`][].
 
     Each entry is named by where its `StateIndex` sits in the model (the dotted path of
     [`larix.split`][]), so `larix.split(state)` gives readable keys such as
@@ -156,7 +176,7 @@ class State:
     !!! example
         ```python
         >>> import jax.numpy as jnp, larix
-        >>> model, state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch")
+        >>> model, state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, "batch", mode="ema")
         >>> state
         State(ema_first_time_index=bool[], ema_state_index=(f32[3], f32[3]))
         >>> skeleton, arrays = larix.split(state)
@@ -199,6 +219,14 @@ class State:
         object.__setattr__(self, "_values", values)
         object.__setattr__(self, "_names", names)
 
+    def _live_values(self, method: str) -> dict[Any, Any]:
+        if self._values is _RETIRED:
+            raise ValueError(f"State.{method}: {_RETIRED_MESSAGE}")
+        return self._values
+
+    def _retire(self) -> None:
+        object.__setattr__(self, "_values", _RETIRED)
+
     @classmethod
     def _build(cls, values: dict[Any, Any], names: dict[Any, str]) -> State:
         state = object.__new__(cls)
@@ -212,8 +240,9 @@ class State:
         )
 
     def _value(self, marker: Any, method: str) -> Any:
+        values = self._live_values(method)
         try:
-            return self._values[marker]
+            return values[marker]
         except KeyError:
             raise _MissingStateError(
                 f"State.{method}: this State has no entry for the StateIndex {marker!r}. "
@@ -242,7 +271,8 @@ class State:
 
     def set(self, item: StateIndex[_Value], value: _Value) -> State:
         """A copy of this state with the value for `item` replaced. Assign the result:
-        `state = state.set(index, value)`; this `State` is left unchanged.
+        `state = state.set(index, value)`. This `State` is retired: using it again raises
+        (as in Equinox), which catches passing an old state where the new one was meant.
 
         **Arguments:**
 
@@ -252,7 +282,8 @@ class State:
         **Returns:** the new `State`.
 
         **Raises:** `KeyError` if there is no entry for `item`; `ValueError` if `value`
-        does not match the old value's structure, shapes or dtypes.
+        does not match the old value's structure, shapes or dtypes, or if this state was
+        already retired by an earlier `set` or `update`.
         """
         old = self._lookup(item, "set")
         if _signature(old) != _signature(value):
@@ -264,6 +295,7 @@ class State:
             )
         values = dict(self._values)
         values[item.marker] = value
+        self._retire()
         return State._build(values, self._names)
 
     def substate(self, pytree: PyTree) -> State:
@@ -276,13 +308,14 @@ class State:
 
         **Returns:** a smaller `State`; merge changes back with [`update`][larix.nn.State.update].
         """
+        self._live_values("substate")
         markers = [x.marker for x in jtu.tree_leaves(pytree, is_leaf=_is_index) if _is_index(x)]
         values = {m: self._value(m, "substate") for m in dict.fromkeys(markers)}
         return State._build(values, {m: self._names[m] for m in values})
 
     def update(self, substate: State) -> State:
         """This state with the entries of `substate` (from [`substate`][larix.nn.State.substate])
-        written back.
+        written back. This `State` is retired, as by [`set`][larix.nn.State.set].
 
         **Arguments:**
 
@@ -292,38 +325,45 @@ class State:
 
         **Raises:** `KeyError` if `substate` has an entry this state does not.
         """
+        values = self._live_values("update")
         if not isinstance(substate, State):
             raise TypeError(f"State.update takes a larix.nn.State, got {type(substate).__name__}.")
-        unknown = [substate._names[m] for m in substate._values if m not in self._values]
+        sub_values = substate._live_values("update")
+        unknown = [substate._names[m] for m in sub_values if m not in values]
         if unknown:
             raise _MissingStateError(
                 f"State.update: this State has no entries {unknown}. Pass a State made with "
                 "`state.substate(...)` of this state."
             )
-        return State._build({**self._values, **substate._values}, self._names)
+        self._retire()
+        return State._build({**values, **sub_values}, self._names)
 
     def __repr__(self) -> str:
+        if self._values is _RETIRED:
+            return "State(<retired: use the State that set/update returned>)"
         parts = [f"{self._names[m] or '<root>'}={tree_pformat(v)}" for m, v in self._values.items()]
         one_line = "State(" + ", ".join(parts) + ")"
         return one_line if len(one_line) <= 80 else "State(\n" + "".join(f"  {p},\n" for p in parts) + ")"
 
     def __getstate__(self) -> Any:
-        return (self._values, self._names)
+        return (self._live_values("__getstate__"), self._names)
 
     def __setstate__(self, state: Any) -> None:
         self._set(*state)
 
 
 def _flatten_with_keys(state: State) -> tuple[Any, Any]:
-    markers = tuple(state._values)
+    values = state._live_values("flatten")
+    markers = tuple(values)
     names = tuple(state._names[m] for m in markers)
-    children = [(jtu.DictKey(n), state._values[m]) for n, m in zip(names, markers)]
+    children = [(jtu.DictKey(n), values[m]) for n, m in zip(names, markers)]
     return children, (markers, names)
 
 
 def _flatten(state: State) -> tuple[Any, Any]:
-    markers = tuple(state._values)
-    return [state._values[m] for m in markers], (markers, tuple(state._names[m] for m in markers))
+    values = state._live_values("flatten")
+    markers = tuple(values)
+    return [values[m] for m in markers], (markers, tuple(state._names[m] for m in markers))
 
 
 def _unflatten(aux: Any, children: Any) -> State:
@@ -386,7 +426,7 @@ def make_with_state(make_model: Callable[_P, _T]) -> Callable[_P, tuple[_T, Stat
     !!! example
         ```python
         >>> import jax, jax.numpy as jnp, larix
-        >>> bn, state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, axis_name="batch")
+        >>> bn, state = larix.nn.make_with_state(larix.nn.BatchNorm)(3, axis_name="batch", mode="ema")
         >>> batched = larix.filter_vmap(
         ...     lambda m, x, s: m(x, s), in_axes=(None, 0, None), out_axes=(0, None), axis_name="batch"
         ... )
