@@ -77,3 +77,18 @@ def test_objects_of_other_types_are_compared_by_their_own_equality():
 
     assert exact_key(Config(0.1)) == exact_key(Config(0.1))
     assert exact_key(Config(0.1)) != exact_key(Config(0.2))
+
+
+def test_unhashable_static_fields_are_keyed_by_a_snapshot_and_reported():
+    from larix._exact import exact_field_keys
+
+    keys, hashable = exact_field_keys((1, "a"))
+    assert hashable and keys == exact_keys((1, "a"))
+    lst = [1, 2.0]
+    first, hashable = exact_field_keys((lst,))
+    assert not hashable
+    assert first == exact_field_keys(([1, 2.0],))[0]  # equal contents, equal keys
+    assert first != exact_field_keys(([1, 2],))[0]  # 2.0 and 2 differ
+    lst.append(3)
+    assert exact_field_keys((lst,))[0] != first  # a snapshot, not the live list
+    hash(first)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["exact_key", "exact_keys"]
+__all__ = ["exact_field_keys", "exact_key", "exact_keys"]
 
 # Types whose `==` between two values of the *same* type means the values are the same.
 # (Not float: 0.0 == -0.0. Not tuple: its items may be floats.)
@@ -71,3 +71,49 @@ def _exact(value: Any) -> Any:
     if isinstance(value, np.generic):
         return _Bits((value.dtype.str, value.tobytes()))
     return value  # another type: its own == decides
+
+
+def exact_field_keys(fields: tuple[Any, ...]) -> tuple[tuple[Any, ...], bool]:
+    """The exact key of static field values, and whether they are all hashable.
+
+    Equinox accepts an unhashable static field (a list, say: lineax keeps one), since JAX
+    compares treedefs' aux data with `==` and does not hash it. Such a value is keyed by a
+    snapshot of its contents (lists, dicts and sets item by item; other objects by
+    identity), and the caller must not memoise it: it can change in place.
+    """
+    try:
+        return exact_keys(fields), not fields or hash(fields) is not None
+    except TypeError:
+        return tuple(_snapshot(f) for f in fields), False
+
+
+def _snapshot(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        pass
+    else:
+        return exact_key(value)
+    t = type(value)
+    if isinstance(value, (list, tuple)):
+        return (t, tuple(map(_snapshot, value)))
+    if isinstance(value, dict):
+        return (t, tuple((_snapshot(k), _snapshot(v)) for k, v in value.items()))
+    if isinstance(value, (set, frozenset)):
+        return (t, frozenset(map(_snapshot, value)))
+    return (t, _Identity(value))
+
+
+class _Identity:
+    """An unhashable object compared by identity (and kept alive, so its id stays its own)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Identity and other.value is self.value
+
+    def __hash__(self) -> int:
+        return id(self.value)

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _flat, _intercept
 from ._errors import from_compiled
-from ._exact import exact_key, exact_keys
+from ._exact import exact_field_keys, exact_key, exact_keys
 from ._filters import is_array
 from ._flat import _LEAF_TYPES, ArrayImpl, _dynamic_field_names
 from ._module import EPOCH, MODULE_TYPES, BoundMethod, Module
@@ -88,7 +88,10 @@ class _Static:
         self.values = tuple(template)
         self.all_arrays = len(positions) == len(template)
         self.fields = fields
-        self.exact = (exact_keys(self.values), exact_keys(fields), tokens)
+        field_keys, fields_hashable = exact_field_keys(fields)
+        if not fields_hashable:  # a list in a static field: it may change in place
+            self.memoisable = False
+        self.exact = (exact_keys(self.values), field_keys, tokens)
         # Hashing also rejects an unhashable static value (a list) up front.
         try:
             self._hash: int | None = hash((treedef, positions, self.exact))
