@@ -127,7 +127,7 @@ class Fn(larix.Module):
 
 # Whether the sign of a NaN static must survive the caches. Off: two NaN statics count as
 # equal, whatever their signs (the working tree of issue 8 identifies -nan with nan).
-NAN_SIGN_MATTERS = False
+NAN_SIGN_MATTERS = True
 
 
 def exact_repr(v: Any) -> str:

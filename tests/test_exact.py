@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, frozenset):
         return len(a) == len(b) and all(any(_same(x, y) for y in b) for x in a)
     if isinstance(a, float):
-        return float.hex(a) == float.hex(b)
+        return struct.pack("<d", a) == struct.pack("<d", b)
     if isinstance(a, complex):
         return _same(a.real, b.real) and _same(a.imag, b.imag)
     if isinstance(a, np.generic):

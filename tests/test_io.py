@@ -812,3 +812,12 @@ def test_big_endian_records_load_exactly_and_are_described_by_their_byte_order(t
         ValueError, match=re.escape("like[0]: expected f32[4], the file has f32[3] (big-endian)")
     ):
         larix.tree_deserialise_leaves(path, [np.zeros(4, np.float32), np.zeros(2, np.int64)])
+
+
+def test_the_sign_of_a_nan_scalar_survives_a_round_trip(tmp_path):
+    tree = {"a": -math.nan, "b": complex(1.0, -math.nan), "c": math.nan}
+    larix.io.save(tmp_path / "nan.safetensors", tree)
+    loaded = larix.io.load(tmp_path / "nan.safetensors", {"a": 0.0, "b": 0j, "c": 0.0})
+    assert math.copysign(1.0, loaded["a"]) == -1.0
+    assert math.copysign(1.0, loaded["b"].imag) == -1.0
+    assert math.copysign(1.0, loaded["c"]) == 1.0

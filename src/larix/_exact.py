@@ -13,6 +13,7 @@ arguments): that is their author's contract.
 
 from __future__ import annotations
 
+import struct
 import types
 from typing import Any
 
@@ -44,6 +45,9 @@ def exact_key(value: Any) -> Any:
     return (t, value if t in _EXACT_BY_EQUALITY else _exact(value))
 
 
+_DOUBLE = struct.Struct("<d")
+
+
 class _Bits:
     """A float's bits, hashable, equal only to the same bits (so nan equals the same nan)."""
 
@@ -61,9 +65,9 @@ class _Bits:
 
 def _exact(value: Any) -> Any:
     if isinstance(value, float):
-        return _Bits(float.hex(value))
+        return _Bits(_DOUBLE.pack(value))  # the bits: -0.0 and 0.0, -nan and nan differ
     if isinstance(value, complex):
-        return _Bits((float.hex(value.real), float.hex(value.imag)))
+        return _Bits(_DOUBLE.pack(value.real) + _DOUBLE.pack(value.imag))
     if isinstance(value, tuple):
         return exact_keys(value)
     if isinstance(value, frozenset):

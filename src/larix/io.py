@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import struct
 import warnings
@@ -184,7 +185,7 @@ def save(path: str | os.PathLike[str], tree: Any, *, filter_spec: Any = is_array
         elif _is_python_scalar(leaf):
             scalars[key] = [
                 type(leaf).__name__,
-                [leaf.real, leaf.imag] if isinstance(leaf, complex) else leaf,
+                [_json_float(leaf.real), _json_float(leaf.imag)] if isinstance(leaf, complex) else _json_float(leaf),
             ]
         else:
             refused[key] = (
@@ -545,7 +546,20 @@ def _value_like(x: Any, record: dict[str, Any] | None, scalar: list[Any] | None)
     kind, number = scalar
     if type(x).__name__ != kind or not _is_python_scalar(x):
         raise _FoundError(f"a Python {kind}")
-    return complex(*number) if kind == "complex" else _SCALAR_TYPES[kind](number)
+    if kind == "complex":
+        return complex(*map(_from_json_float, number))
+    return _from_json_float(number) if kind == "float" else _SCALAR_TYPES[kind](number)
+
+
+def _json_float(value: Any) -> Any:
+    # JSON's NaN has no sign: a negative NaN is written as the string "-nan".
+    if isinstance(value, float) and math.isnan(value) and math.copysign(1.0, value) < 0:
+        return "-nan"
+    return value
+
+
+def _from_json_float(value: Any) -> float:
+    return -math.nan if value == "-nan" else float(value)
 
 
 def _loadable(x: Any) -> bool:
@@ -616,11 +630,11 @@ def _valid_scalar(entry: Any) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "float":
-        return isinstance(value, number) and not isinstance(value, bool)
+        return value == "-nan" or (isinstance(value, number) and not isinstance(value, bool))
     return (
         isinstance(value, list)
         and len(value) == 2
-        and all(isinstance(v, number) and not isinstance(v, bool) for v in value)
+        and all(v == "-nan" or (isinstance(v, number) and not isinstance(v, bool)) for v in value)
     )
 
 
