@@ -16,6 +16,7 @@ import hypothesis.strategies as st
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 
 import larix
@@ -31,6 +32,16 @@ settings.register_profile(
 # `LARIX_HYPOTHESIS_PROFILE=thorough pytest ...` for a long bug hunt.
 settings.register_profile("thorough", parent=settings.get_profile("larix"), max_examples=1000)
 settings.load_profile(os.environ.get("LARIX_HYPOTHESIS_PROFILE", "larix"))
+
+
+@pytest.fixture(autouse=True)
+def _independent_filter_jit_caches():
+    # `filter_jit(f)` shares one cache per function, as Equinox's does (through JAX's): a
+    # test that counts traces of a module-level function must not see another test's.
+    from larix._jit import forget_shared_wrappers
+
+    forget_shared_wrappers()
+    yield
 
 
 class Pair(larix.Module):

@@ -1156,3 +1156,24 @@ def test_traces_as_often_as_equinox(form):
         counts[lib.__name__] = len(traces)
     assert counts["larix"] <= counts["equinox"]
     assert counts["larix"] == 1
+
+
+def test_fresh_filter_jit_of_the_same_function_shares_its_compilations():
+    traces = []
+
+    def f(x):
+        traces.append(1)
+        return x + 1
+
+    larix.filter_jit(larix.filter_grad(f))(jnp.array(1.0))
+    larix.filter_jit(larix.filter_grad(f))(jnp.array(2.0))  # a new wrapper of an equal function
+    assert len(traces) == 1
+    larix.filter_jit(f)(jnp.ones(2))
+    larix.filter_jit(f, donate="all")(jnp.ones(2))  # other options: compiled on its own
+    assert len(traces) == 3
+    ref = weakref.ref(f)
+    del f
+    # A pytree callable (the filter_grad wrapper) is remembered, as JAX remembers a static
+    # argument, until larix.clear_caches() or 256 others; a plain function never is.
+    larix.clear_caches()
+    assert _collected(ref)

@@ -166,7 +166,8 @@ class named_scopes:  # noqa: N801 - used like a function
     per call of a jitted function (only tracing sees it) and nothing in eager mode.
 
     Use it as a call (`named_scopes(False)`) or as a context manager, which restores the
-    previous setting.
+    previous setting. It applies to what is traced while it is set: a function compiled
+    before keeps the names it was traced with (`larix.clear_caches()` forgets it).
     """
 
     def __init__(self, enabled: bool = True):

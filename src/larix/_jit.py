@@ -8,6 +8,7 @@ part recorded at trace time. Nothing here waits for the device.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import inspect
@@ -646,13 +647,16 @@ def clear_caches() -> None:
 
     The next call of each `filter_jit` function traces and compiles again. Useful to free
     memory in long-running processes that compiled many shapes. (`filter_jit`'s caches
-    never keep models alive, so this is not needed to let a model be garbage-collected.)
+    never keep models or plain functions alive; a pytree callable compiled with
+    `filter_jit`, such as a `filter_grad` wrapper, is remembered by its static part, as
+    `jax.jit` remembers a static argument, until this is called or 256 others were.)
     """
     for wrapper in list(_WRAPPERS):
         with wrapper._lock:
             wrapper._cache.clear()
             wrapper._single.clear()
             wrapper._info.clear()
+    forget_shared_wrappers()
     _flat._TREEDEFS.clear()
     _flat._PREFIXED.clear()
     jax.clear_caches()
@@ -660,11 +664,21 @@ def clear_caches() -> None:
 
 class _JitWrapper:
     def __init__(self, fun: Callable[..., Any], donate: str, jitkwargs: dict[str, Any]):
-        self._fun = fun
         # A Module, bound method or other pytree callable: its arrays are traced too.
         self._fun_is_module = isinstance(fun, Module) or (
             jtu.is_tree_node(type(fun)) and any(is_array(leaf) for leaf in jtu.tree_leaves(fun))
         )
+        # What the wrapper keeps of `fun` must not keep it (or a model's arrays) alive, since
+        # wrappers are shared (_SHARED): a Module is kept without its arrays (its calls pass
+        # theirs), a function weakly where it can be (each call holds it while it traces).
+        if self._fun_is_module:
+            static = _split_arg(fun, "fun")[0]
+            self._fun_store: Any = static.rebuild([None] * static.num_arrays)
+        else:
+            try:
+                self._fun_store = weakref.ref(fun)
+            except TypeError:
+                self._fun_store = fun
         self._donate = donate
         self._quiet_donation = donate in ("all", "all-except-first")
         self._jitkwargs = jitkwargs
@@ -679,7 +693,14 @@ class _JitWrapper:
         self.num_traces = 0
         _WRAPPERS.add(self)
 
-    def _key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], list[Any], list[Any]]:
+    @property
+    def _fun(self) -> Any:
+        store = self._fun_store
+        return store() if type(store) is weakref.ref else store
+
+    def _key(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], fun: Any = None
+    ) -> tuple[tuple[Any, ...], list[Any], list[Any]]:
         """The cache key of a call and its arrays, in order.
 
         The key is `(kwnames, id(static part) for fun?, each arg, each kwarg)`. Static parts
@@ -691,7 +712,8 @@ class _JitWrapper:
         key: list[Any] = [tuple(kwargs)]
         arrays: list[Any] = []
         parts: list[Any] = []
-        values = (self._fun, *args, *kwargs.values()) if self._fun_is_module else (*args, *kwargs.values())
+        fun = self._fun if fun is None else fun
+        values = (fun, *args, *kwargs.values()) if self._fun_is_module else (*args, *kwargs.values())
         for i, a in enumerate(values):
             t = type(a)
             if t in _CONCRETE_ARRAY_TYPES:
@@ -717,7 +739,7 @@ class _JitWrapper:
             key.append(("intercepted by", interceptors))
         return tuple(key), arrays, parts
 
-    def make_call(self) -> Callable[..., Any]:
+    def make_call(self, fun: Any) -> Callable[..., Any]:
         """The function that `filter_jit` returns: the hot path, as a closure.
 
         Every line here is paid on every call (benchmarks/bench_jit.py). A closure over
@@ -728,12 +750,12 @@ class _JitWrapper:
         cache_get = self._cache.get
         single_get = self._single.get
         info_get = self._info.get
-        general = self._call
+        general = functools.partial(self._call, fun=fun)
         concrete, modules, memo_name, array_id, epoch = _CONCRETE_ARRAY_TYPES, MODULE_TYPES, _JIT_MEMO, _ARRAY_ID, EPOCH
         intercepting = _intercept.ACTIVE
 
         # A Module (or bound method) as `fun` is the first value of the key, as in `_key`.
-        prefix = (self._fun,) if self._fun_is_module else ()
+        prefix = (fun,) if self._fun_is_module else ()
 
         def call(*args: Any, **kwargs: Any) -> Any:
             if kwargs or intercepting[0]:
@@ -780,14 +802,14 @@ class _JitWrapper:
             finish = entry.finish
             return out if finish is None else finish(out)
 
-        functools.update_wrapper(call, self._fun, updated=())
-        call.lower = self.lower  # type: ignore[attr-defined]
+        functools.update_wrapper(call, fun, updated=())
+        call.lower = functools.partial(self.lower, _fun=fun)  # type: ignore[attr-defined]
         call._larix_jit = self  # type: ignore[attr-defined]
         return call
 
-    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any], fun: Any = None) -> Any:
         """The general path: any arguments, first calls, and boxed outputs."""
-        key, arrays, parts = self._key(args, kwargs)
+        key, arrays, parts = self._key(args, kwargs, fun)
         entry = self._cache.get(key)
         if entry is None:
             entry = self._new_entry(key, parts, len(args))
@@ -901,9 +923,9 @@ class _JitWrapper:
         labels += [f"kwargs[{n!r}]" for n in kwnames]
         return labels
 
-    def lower(self, *args: Any, **kwargs: Any) -> _Lowered:
+    def lower(self, *args: Any, _fun: Any = None, **kwargs: Any) -> _Lowered:
         """Trace and lower for these arguments without running: `jax.jit(...).lower`."""
-        key, arrays, parts = self._key(args, kwargs)
+        key, arrays, parts = self._key(args, kwargs, _fun)
         entry = self._cache.get(key) or self._new_entry(key, parts, len(args))
         with _Quietly() if self._quiet_donation else contextlib.nullcontext():
             try:
@@ -911,7 +933,7 @@ class _JitWrapper:
             except _OutputStaticChanged:
                 self._box(entry)
                 lowered = entry.fn.lower(*arrays)
-        return _Lowered(self, key, entry, lowered)
+        return _Lowered(self, key, entry, lowered, _fun)
 
     def __repr__(self) -> str:
         return f"<filter_jit of {self._fun!r}>"
@@ -920,8 +942,9 @@ class _JitWrapper:
 class _Lowered:
     """The lowered form of a filter_jit call; `.compile()` it to run it."""
 
-    def __init__(self, wrapper: _JitWrapper, key: Any, entry: _Entry, lowered: Any):
+    def __init__(self, wrapper: _JitWrapper, key: Any, entry: _Entry, lowered: Any, fun: Any = None):
         self._wrapper, self._key, self._entry, self.lowered = wrapper, key, entry, lowered
+        self._fun = fun
 
     def as_text(self, *args: Any, **kwargs: Any) -> str:
         return self.lowered.as_text(*args, **kwargs)
@@ -930,7 +953,7 @@ class _Lowered:
         """Compile, as `jax.stages.Lowered.compile` (which takes the same `compiler_options`)."""
         with _Quietly() if self._wrapper._quiet_donation else contextlib.nullcontext():
             compiled = self.lowered.compile(compiler_options=compiler_options)
-        return _Compiled(self._wrapper, self._key, self._entry, compiled)
+        return _Compiled(self._wrapper, self._key, self._entry, compiled, self.__dict__["_fun"])
 
     def __getattr__(self, name: str) -> Any:
         # The rest of jax.stages.Lowered (compiler_ir, cost_analysis, ...), as it is.
@@ -940,8 +963,9 @@ class _Lowered:
 class _Compiled:
     """A compiled filter_jit call: call it with arguments like the ones it was lowered for."""
 
-    def __init__(self, wrapper: _JitWrapper, key: Any, entry: _Entry, compiled: Any):
+    def __init__(self, wrapper: _JitWrapper, key: Any, entry: _Entry, compiled: Any, fun: Any = None):
         self._wrapper, self._key, self.compiled = wrapper, key, compiled
+        self._fun = fun
         # The key is made of ids of static parts: holding the parts keeps those ids theirs,
         # so an equal key means the same static parts, even after larix.clear_caches().
         self._parts = entry.call[0]
@@ -960,7 +984,7 @@ class _Compiled:
         return getattr(self.__dict__["compiled"], name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key, arrays, _ = self._wrapper._key(args, kwargs)
+        key, arrays, _ = self._wrapper._key(args, kwargs, self.__dict__["_fun"])
         if key != self._key:
             raise TypeError(
                 "This compiled function was lowered for arguments with other static values or "
@@ -1036,4 +1060,53 @@ def filter_jit(fun: Callable[..., Any] | None = None, *, donate: str = "none", *
         return lambda f: filter_jit(f, donate=donate, **jitkwargs)
     if not callable(fun):
         raise TypeError(f"filter_jit: expected a callable to compile, got {type(fun).__name__}.")
-    return _JitWrapper(fun, donate, jitkwargs).make_call()
+    return _shared_wrapper(fun, donate, jitkwargs).make_call(fun)
+
+
+# Wrappers by what they compile: `filter_jit(filter_grad(f))` written twice, or
+# `filter_jit(model)` for two models of one structure, share one cache and trace once, as in
+# Equinox (where JAX's cache keys on the function as a static argument). The key is the
+# function itself (compared as `jax.jit` compares a static argument: plain functions by
+# identity) or, for a pytree callable, its interned static part, which is exact. Bounded,
+# most recently used last; `larix.clear_caches` empties it.
+# Plain functions are keys of a weak dictionary: a wrapper lives as long as its function.
+# Pytree callables are keyed by their static part (which holds no arrays), LRU-bounded.
+_SHARED: collections.OrderedDict[Any, _JitWrapper] = collections.OrderedDict()
+_SHARED_BY_FUNCTION: weakref.WeakKeyDictionary[Any, dict[Any, _JitWrapper]] = weakref.WeakKeyDictionary()
+_SHARED_MAX = 256
+_SHARED_LOCK = threading.Lock()
+
+
+def forget_shared_wrappers() -> None:
+    """Make the next `filter_jit` of any function start a cache of its own (tests use it to
+    stay independent of one another)."""
+    with _SHARED_LOCK:
+        _SHARED.clear()
+        _SHARED_BY_FUNCTION.clear()
+
+
+def _shared_wrapper(fun: Any, donate: str, jitkwargs: dict[str, Any]) -> _JitWrapper:
+    try:
+        options = (donate, tuple(sorted(jitkwargs.items())))
+        if jtu.is_tree_node(type(fun)):
+            table: Any = _SHARED
+            key: Any = (_split_arg(fun, "fun")[0], options)
+        else:
+            with _SHARED_LOCK:
+                table = _SHARED_BY_FUNCTION.setdefault(fun, {})
+            key = options
+        hash(key)  # outside the lock: may run user code
+    except Exception:  # noqa: BLE001 - unhashable, not weakly referable: a wrapper of its own
+        return _JitWrapper(fun, donate, jitkwargs)
+    with _SHARED_LOCK:
+        wrapper = table.get(key)
+        if wrapper is not None:
+            if table is _SHARED:
+                _SHARED.move_to_end(key)
+            return wrapper
+    wrapper = _JitWrapper(fun, donate, jitkwargs)
+    with _SHARED_LOCK:
+        wrapper = table.setdefault(key, wrapper)
+        while len(_SHARED) > _SHARED_MAX:
+            _SHARED.popitem(last=False)
+    return wrapper
