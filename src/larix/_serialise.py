@@ -61,6 +61,9 @@ class DeserialiseMismatchError(ValueError, RuntimeError):
     """
 
 
+DeserialiseMismatchError.__module__ = "larix"  # its public name, in tracebacks too
+
+
 def _equinox_sentence(path: Any, leaf: Any, record: Any) -> str:
     """Equinox's wording of one mismatch; `record` is None when the file has ended."""
     if record is None:
@@ -587,7 +590,7 @@ def tree_deserialise_leaves(
         >>> wider = larix.nn.MLP(2, 1, width_size=16, depth=1, key=jax.random.key(0))
         >>> larix.tree_deserialise_leaves(path, wider)
         Traceback (most recent call last):
-        larix._serialise.DeserialiseMismatchError: larix.tree_deserialise_leaves: ... does not match `like`:
+        larix.DeserialiseMismatchError: larix.tree_deserialise_leaves: ... does not match `like`:
           - like.layers[0].weight: expected f32[16,2], the file has f32[8,2]. Deserialised leaf at path ... has changed shape from (16, 2) in `like` to (8, 2) on disk.
           - like.layers[0].bias: expected f32[16], the file has f32[8]. ...
           - like.layers[1].weight: expected f32[1,16], the file has f32[1,8]. ...
