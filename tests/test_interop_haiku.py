@@ -11,6 +11,7 @@ import pytest
 
 import larix
 import larix.interop
+from interop_helpers import channels_last, zoo_jax_inputs
 
 hk = pytest.importorskip("haiku")  # in the `test` extra: runs in CI
 
@@ -48,19 +49,7 @@ def fresh(mode="batch", seed=5):
 
 
 def inputs(seed=1):
-    rng = np.random.default_rng(seed)
-    x = {
-        "fc": rng.normal(size=3), "conv": rng.normal(size=(4, 5, 5)), "up": rng.normal(size=(6, 4, 4)),
-        "bn": rng.normal(size=(6, 3, 3)), "ln": rng.normal(size=5), "gn": rng.normal(size=(6, 2)),
-        "attention": rng.normal(size=(3, 8)), "x": rng.normal(size=5), "h": rng.normal(size=6), "c": rng.normal(size=6),
-    }  # fmt: skip
-    x = {k: jnp.asarray(v, jnp.float32) for k, v in x.items()}
-    x["embedding"] = jnp.array([0, 3, 9])
-    return x
-
-
-def channels_last(x):
-    return jnp.moveaxis(x, 0, -1)
+    return zoo_jax_inputs(seed)
 
 
 def larix_outputs(model, state, x):

@@ -17,6 +17,7 @@ import pytest
 
 import larix
 import larix.interop
+from interop_helpers import zoo_inputs
 from larix._state_dict import SkippedKeysWarning
 
 # ----------------------------------------------------------- PyTorch's forward, in NumPy
@@ -173,13 +174,7 @@ def torch_state_dict(seed=0):
 
 
 def inputs(seed=1):
-    rng = np.random.default_rng(seed)
-    return {
-        "fc": rng.normal(size=3), "conv": rng.normal(size=(4, 5, 5)), "up": rng.normal(size=(6, 4, 4)),
-        "bn": rng.normal(size=(6, 3, 3)), "ln": rng.normal(size=5), "gn": rng.normal(size=(6, 2)),
-        "embedding": np.array([0, 3, 9]), "attention": rng.normal(size=(3, 8)),
-        "x": rng.normal(size=5), "h": rng.normal(size=6), "c": rng.normal(size=6), "act": rng.normal(size=7),
-    }  # fmt: skip
+    return zoo_inputs(seed)
 
 
 def torch_outputs(sd, x):
