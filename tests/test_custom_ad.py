@@ -292,3 +292,23 @@ def test_custom_jvp_differentiating_a_keyword_argument_raises():
     assert float(jax.grad(lambda x: h(x, k=jnp.array(3.0)))(jnp.array(1.0))) == 3.0
     with pytest.raises(ValueError, match="keyword arguments are never differentiated"):
         jax.grad(lambda k: h(jnp.array(1.0), k=k))(2.0)
+
+
+def test_wrapped_functions_may_take_a_keyword_argument_named_self():
+    # diffrax's BacksolveAdjoint calls its filter_custom_vjp function with `self=...`.
+    @larix.filter_custom_vjp
+    def f(x, *, self):
+        return x * self
+
+    def f_fwd(perturbed, x, *, self):
+        return f(x, self=self), None
+
+    def f_bwd(residuals, grad, perturbed, x, *, self):
+        return grad * self
+
+    f.def_fwd(f_fwd)
+    f.def_bwd(f_bwd)
+    assert f(jnp.array(2.0), self=3.0) == 6.0
+    assert larix.filter_grad(lambda x: f(x, self=3.0))(jnp.array(2.0)) == 3.0
+    assert larix.filter_jit(lambda x, self: x * self)(jnp.array(2.0), self=3.0) == 6.0
+    assert larix.filter_vmap(lambda x, self: x * self)(jnp.ones(2), self=3.0).tolist() == [3.0, 3.0]

@@ -32,7 +32,7 @@ class _GradWrapper(TransformWrapper):
     _has_aux: bool = field(static=True)
     _return_value: bool = field(static=True)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         name = "filter_value_and_grad" if self._return_value else "filter_grad"
         diff, nondiff = partition(first_argument(args, kwargs, name), is_inexact_array)
         aux_static = Box()
@@ -135,7 +135,7 @@ class _JacobianWrapper(TransformWrapper):
     _has_aux: bool = field(static=True)
     _kind: str = field(static=True)  # "jacfwd", "jacrev" or "hessian"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         name = f"filter_{self._kind}"
         diff, nondiff = partition(first_argument(args, kwargs, name), is_inexact_array)
         aux_static = Box()

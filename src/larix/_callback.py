@@ -128,7 +128,7 @@ class _ClosureConverted(Module):
     out_structs: tuple[jax.ShapeDtypeStruct, ...] = field(static=True)
     out_static: tuple[tuple[Any, ...], Any] = field(static=True)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         dynamic, static = partition((args, kwargs), is_array)
         leaves, treedef = jtu.tree_flatten(dynamic)
         structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)
@@ -172,7 +172,7 @@ class _TrivialClosureConvert(Module):
     in_flat: tuple[tuple[Any, ...], Any] = field(static=True)
     out_flat: tuple[tuple[Any, ...], Any] = field(static=True)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
     @property

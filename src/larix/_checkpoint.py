@@ -20,7 +20,7 @@ class _CheckpointWrapper(TransformWrapper):
     _prevent_cse: bool = field(static=True)
     _policy: Callable[..., bool] | None = field(static=True)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         # The function's own arrays (a Module's parameters) are inputs of the checkpointed
         # region too, so that their gradients flow through it like the arguments'.
         dynamic, static = partition((self._fun, args, kwargs), is_array)

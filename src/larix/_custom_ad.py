@@ -125,7 +125,7 @@ class filter_custom_jvp:  # noqa: N801 - a decorator, named like jax.custom_jvp
         self.fn_jvp = fn_jvp
         return fn_jvp
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         if self.fn_jvp is None:
             raise TypeError(
                 f"larix.filter_custom_jvp: {getattr(self.fn, '__name__', 'the function')} has no "
@@ -266,7 +266,7 @@ class filter_custom_vjp:  # noqa: N801 - a decorator, named like jax.custom_vjp
 
         self.fn_fwd, self.fn_bwd = fwd, bwd
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         name = getattr(self.fn, "__name__", "the function")
         if self.fn_fwd is None or self.fn_bwd is None:
             missing = " and ".join(d for d, f in (("def_fwd", self.fn_fwd), ("def_bwd", self.fn_bwd)) if f is None)

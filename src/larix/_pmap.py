@@ -97,7 +97,7 @@ class _PmapWrapper(TransformWrapper):
     _axis_size: int | None = field(static=True)
     _devices: tuple[Any, ...] | None = field(static=True)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         leaves, treedef, axes, _ = resolve_inputs(
             self._fun, self._in_axes.spec, args, kwargs, self._axis_size, "filter_pmap"
         )

@@ -269,7 +269,7 @@ class _VmapWrapper(TransformWrapper):
     _axis_name: Hashable | None = field(static=True)
     _axis_size: int | None = field(static=True)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         leaves, treedef, axes, axis_size = resolve_inputs(
             self._fun, self._in_axes.spec, args, kwargs, self._axis_size, "filter_vmap"
         )
