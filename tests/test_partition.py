@@ -574,3 +574,12 @@ def test_check_costs_nothing_when_something_is_selected(monkeypatch):
     larix.partition(_mlp(), larix.is_array, larix.by_type(str))  # no path filters at all
     with pytest.raises(AssertionError, match="mistake check ran"):
         larix.partition(_mlp(), larix.by_path("layer.*.weight"))
+
+
+def test_partition_takes_equinox_filter_spec_keyword():
+    tree = [1, "a", 2.0]
+    assert larix.partition(tree, filter_spec=lambda x: isinstance(x, int)) == larix.partition(
+        tree, lambda x: isinstance(x, int)
+    )
+    with pytest.raises(TypeError, match="either positionally or as one `filter_spec=`"):
+        larix.partition(tree, True, filter_spec=False)

@@ -19,6 +19,7 @@ from ._paths import PrefixMismatchError, broadcast_prefix, dotted_path, python_p
 __all__ = ["combine", "filter", "leaf_owners", "partition"]
 
 _ARRAY_TYPE_CACHE: dict[type, bool] = {}
+_NOT_GIVEN: Any = object()  # `filter_spec=` was not passed to partition
 
 
 def _array_type(t: type, leaf: Any) -> bool:
@@ -197,6 +198,7 @@ def partition(
     *filter_specs: Any,
     replace: Any = None,
     is_leaf: Callable[[Any], bool] | None = None,
+    filter_spec: Any = _NOT_GIVEN,
 ) -> tuple[Any, ...]:
     """Split `pytree` into `len(filter_specs) + 1` trees of the same structure.
 
@@ -207,7 +209,8 @@ def partition(
     **Arguments:**
 
     - `pytree`: any pytree.
-    - `*filter_specs`: one or more filter specs (see [Filters](filters.md)).
+    - `*filter_specs`: one or more filter specs (see [Filters](filters.md)). A single spec
+      may also be passed as `filter_spec=`, Equinox's keyword.
     - `replace`: keyword-only; what fills the holes.
     - `is_leaf`: keyword-only; as in `jax.tree_util.tree_flatten`.
 
@@ -230,6 +233,13 @@ def partition(
 
         ```
     """
+    if filter_spec is not _NOT_GIVEN:
+        if filter_specs:
+            raise TypeError(
+                "larix.partition: pass the filter specs either positionally or as one "
+                "`filter_spec=`, not both."
+            )
+        filter_specs = (filter_spec,)
     if not filter_specs:
         raise TypeError(
             "larix.partition needs at least one filter spec, e.g. "
