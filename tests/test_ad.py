@@ -322,3 +322,21 @@ def test_trainable_part_chosen_by_a_mistyped_path_warns_before_a_gradient_of_not
     trainable, frozen = larix.partition(model, larix.by_path("weight"))
     grads = grad_fn(trainable, frozen, jnp.ones(4))
     assert grads.weight.shape == model.weight.shape and grads.bias is None
+
+
+def test_transform_wrappers_keep_the_name_of_their_function_through_a_jit():
+    def loss(x):
+        return x**2
+
+    seen = []
+
+    @larix.filter_jit
+    def g(k):
+        seen.append((k.__name__, k.__qualname__))
+        return 0
+
+    for wrapper in (larix.filter_grad, larix.filter_value_and_grad, larix.filter_vmap):
+        g(wrapper(loss))
+    assert set(seen) == {("loss", loss.__qualname__)}
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        larix.filter_grad(loss).nope

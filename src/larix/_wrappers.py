@@ -38,6 +38,13 @@ class TransformWrapper(Module):
     def __wrapped__(self) -> Callable[..., Any]:
         return self._fun
 
+    def __getattr__(self, name: str) -> Any:
+        # `__name__` and `__qualname__` of the wrapped function, also on a copy rebuilt by
+        # unflatten (which keeps only the fields), as Equinox's wrappers have them.
+        if name in ("__name__", "__qualname__"):
+            return getattr(self.__dict__["_fun"], name)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
     def __get__(self, instance: Any, owner: Any = None) -> Any:
         # Decorating a method in a class body (`@larix.filter_grad def loss(self, x)`): bind
         # like a function does, as a pytree so that `instance` stays visible to transforms.
