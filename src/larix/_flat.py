@@ -23,7 +23,7 @@ from . import _filters
 from ._exact import exact_keys
 from ._module import EPOCH, Module
 from ._partition import leaf_owners
-from ._paths import CUSTOM_NODES, entry_name, flatten_one_level_with_keys, python_path
+from ._paths import CUSTOM_NODES, dict_keys_in_order, entry_name, flatten_one_level_with_keys, python_path
 
 __all__ = ["Skeleton", "merge", "split"]
 
@@ -123,9 +123,7 @@ def _walk(node: Any, key: str, walk: _Walk) -> bool:
         names = {k: str(k) for k in node}
         if len(set(names.values())) < len(names) or any("." in k or not k for k in names.values()):
             raise _Collision
-        # JAX's order. `sorted` agrees with it only for keys with a total order (str, numbers);
-        # frozensets, say, would pair one key's name with another key's leaf.
-        ordered = sorted(node) if all(type(k) is str for k in node) else jtu.flatten_one_level(node)[1]
+        ordered = dict_keys_in_order(node)
         if signature is not None:  # exact keys: {1: x}, {1.0: x}, {True: x} compare equal
             signature.append((dict, exact_keys(tuple(ordered))))
         for k in ordered:

@@ -30,7 +30,7 @@ from ._exact import exact_field_keys, exact_key, exact_keys
 from ._filters import is_array
 from ._flat import _LEAF_TYPES, ArrayImpl, _dynamic_field_names
 from ._module import EPOCH, MODULE_TYPES, BoundMethod, Module
-from ._paths import CUSTOM_NODES, flatten_one_level_with_keys, python_path
+from ._paths import CUSTOM_NODES, dict_keys_in_order, flatten_one_level_with_keys, python_path
 from ._recompile import TraceLog, explain, record_trace
 
 __all__ = ["clear_caches", "filter_jit"]
@@ -177,6 +177,9 @@ _WHOLE_TUPLE_MIN = 64
 _PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes, type(None)})
 
 
+_STR = frozenset({str})
+
+
 def _is_whole(node: Any) -> bool:
     return type(node) is tuple and len(node) >= _WHOLE_TUPLE_MIN and _PLAIN_TYPES.issuperset(map(type, node))
 
@@ -196,16 +199,11 @@ def _inspect(node: Any, fields: list[Any], tokens: list[Any], whole: list[bool])
     if t is dict:
         # In JAX's order (sorted keys), as the treedef's: a walk in insertion order could
         # line up the statics of two dicts that the treedef pairs differently.
-        if all(type(k) is str for k in node):  # sorted() is JAX's order for str keys
-            keys = sorted(node)
-            tokens.append(tuple(keys))  # str keys are exact by ==
-            if _LEAF_TYPES.issuperset(map(type, node.values())):  # C-level: a dict of arrays
-                return False
-            children = [node[k] for k in keys]
-        else:
-            children, keys = jtu.flatten_one_level(node)
-            tokens.append(exact_keys(tuple(keys)))
-        [_inspect(child, fields, tokens, whole) for child in children]
+        keys = tuple(dict_keys_in_order(node))
+        # str keys are exact by ==; a tuple of them cannot equal exact_keys' `(types, values)`.
+        tokens.append(keys if _STR.issuperset(map(type, keys)) else exact_keys(keys))
+        if not _LEAF_TYPES.issuperset(map(type, node.values())):  # C-level: a dict of arrays is done
+            [_inspect(node[k], fields, tokens, whole) for k in keys]
         return False
     if _is_tuple_node(node):
         if _LEAF_TYPES.issuperset(map(type, node)):  # C-level check: a tuple of plain leaves

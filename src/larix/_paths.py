@@ -18,6 +18,7 @@ import jax.tree_util as jtu
 __all__ = [
     "PrefixMismatchError",
     "broadcast_prefix",
+    "dict_keys_in_order",
     "dotted_path",
     "entry_name",
     "flatten_one_level_with_keys",
@@ -71,6 +72,17 @@ try:  # the types registered with their own flatten: a NamedTuple among them may
     from jax._src.tree_util import _registry as CUSTOM_NODES  # noqa: N812
 except ImportError:  # pragma: no cover - a JAX that moved it: treat every namedtuple as custom
     CUSTOM_NODES = _Everything()  # type: ignore[assignment]
+
+
+_STR = frozenset({str})
+
+
+def dict_keys_in_order(node: dict[Any, Any]) -> list[Any]:
+    """The keys of a dict in the order JAX flattens them. `sorted` is that order only for
+    keys with a total order: with frozensets, say, it would pair one key with another's leaf."""
+    if _STR.issuperset(map(type, node)):  # C-level check
+        return sorted(node)  # the common case, without JAX's Python wrapper
+    return list(jtu.flatten_one_level(node)[1])
 
 
 def flatten_one_level_with_keys(node: Any) -> tuple[list[tuple[Any, Any]], Any]:

@@ -130,13 +130,6 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _equal(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001
-        return False
-
-
 def _differences(old: Any, new: Any, labels: list[str]) -> list[str]:
     (old_statics, old_nargs, old_kw), old_avals = old
     (new_statics, new_nargs, new_kw), new_avals = new

@@ -82,12 +82,18 @@ def test_matches_equinox(name, kwargs, shape):
     assert ours.shape == theirs.shape and close(ours, theirs)
 
 
-@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.int8, jnp.bool_, jnp.bfloat16])
-@pytest.mark.parametrize("name, kwargs, shape", CASES)
+# Average pools of booleans are left out: a sum of booleans is not defined (nor in Equinox).
+_LOW_PRECISION_CASES = [
+    (dtype, *case)
+    for dtype in (jnp.int32, jnp.uint8, jnp.int8, jnp.bool_, jnp.bfloat16)
+    for case in CASES
+    if not (dtype == jnp.bool_ and case[0].startswith("Avg"))
+]
+
+
+@pytest.mark.parametrize("dtype, name, kwargs, shape", _LOW_PRECISION_CASES)
 def test_integer_and_low_precision_inputs_match_equinox(dtype, name, kwargs, shape):
     # Max pooling pads with -inf, which integers cannot hold: the smallest integer stands in.
-    if dtype == jnp.bool_ and name.startswith("Avg"):
-        pytest.skip("a sum of booleans is not defined (nor in Equinox)")
     eqx = equinox()
     x = (jax.random.normal(key(1), shape) * 50).astype(dtype)
     with jax.numpy_dtype_promotion("strict"):
