@@ -256,3 +256,15 @@ def reorder_blocks(x: Any, order: Sequence[int], axis: int = 0) -> Any:
     """Permute the equal blocks of `x` along `axis` (gate layouts: i, g, f, o <-> i, f, g, o)."""
     blocks = np.split(x, len(order), axis=axis)
     return np.concatenate([blocks[i] for i in order], axis=axis)
+
+
+def module_path(path: str) -> str:
+    """A dotted larix path as Flax linen and Haiku name modules: `"encoder.layers.0.attn"`
+    -> `"encoder/layers_0/attn"` (a list item is named after its list, with its index)."""
+    parts: list[str] = []
+    for part in path.split(".") if path else []:
+        if part.isdigit() and parts:
+            parts[-1] += f"_{part}"
+        else:
+            parts.append(part)
+    return "/".join(parts)

@@ -37,6 +37,7 @@ from ._common import (
     export,
     join,
     load_into,
+    module_path,
     plan_for,
     require,
     reshaped,
@@ -48,18 +49,6 @@ from ._common import (
 __all__ = ["from_linen", "from_nnx", "plan_linen", "plan_nnx", "to_linen", "to_nnx"]
 
 
-def _linen_path(path: str) -> str:
-    # "layers.0.query_proj" -> "layers_0/query_proj": a list item is named like linen names
-    # the submodules that `setup` assigns as a list.
-    parts: list[str] = []
-    for part in path.split(".") if path else []:
-        if part.isdigit() and parts:
-            parts[-1] += f"_{part}"
-        else:
-            parts.append(part)
-    return "/".join(parts)
-
-
 class _Names:
     """Flax's key of a parameter or statistic of the layer at a larix path."""
 
@@ -69,12 +58,12 @@ class _Names:
     def param(self, keys: LayerKeys, *names: str) -> str:
         if self.nnx:
             return join(keys.path.replace(".", "/"), *names, separator="/")
-        return join("params", _linen_path(keys.path), *names, separator="/")
+        return join("params", module_path(keys.path), *names, separator="/")
 
     def stat(self, keys: LayerKeys, name: str) -> str:
         if self.nnx:
             return self.param(keys, name)
-        return join("batch_stats", _linen_path(keys.path), name, separator="/")
+        return join("batch_stats", module_path(keys.path), name, separator="/")
 
 
 def _bias(names: _Names, keys: LayerKeys, layer: Any, field: str = "bias", name: str = "bias") -> list[Conversion]:
@@ -220,7 +209,7 @@ def _nnx_gru(names: _Names, keys: LayerKeys, layer: GRUCell) -> list[Conversion]
     ]
 
 
-_LINEN = Convention(_handlers(_Names(nnx=False)), name=lambda key: join("params", _linen_path(key), separator="/"))
+_LINEN = Convention(_handlers(_Names(nnx=False)), name=lambda key: join("params", module_path(key), separator="/"))
 _NNX = Convention(_handlers(_Names(nnx=True)), name=lambda key: key.replace(".", "/"))
 
 

@@ -37,6 +37,7 @@ from ._common import (
     export,
     join,
     load_into,
+    module_path,
     plan_for,
     reorder_blocks,
     require,
@@ -60,20 +61,9 @@ _DEFAULT_NAMES = {
 _STATE_MODULES = ("/~/mean_ema", "/~/var_ema")  # where hk.BatchNorm keeps its statistics
 
 
-def _module_path(path: str) -> str:
-    # "encoder.layers.0" -> "encoder/layers_0"
-    parts: list[str] = []
-    for part in path.split(".") if path else []:
-        if part.isdigit() and parts:
-            parts[-1] += f"_{part}"
-        else:
-            parts.append(part)
-    return "/".join(parts)
-
-
 def _module(keys: LayerKeys) -> str:
     if keys.path:
-        return _module_path(keys.path)
+        return module_path(keys.path)
     layer = keys.layer
     if isinstance(layer, (Conv, ConvTranspose)):
         suffix = "_transpose" if isinstance(layer, ConvTranspose) else ""
@@ -218,7 +208,7 @@ _HAIKU = Convention(
         (GRUCell, _gru),
     ],
     # Any other array: its field in the module of its parent path (`~` at the root).
-    name=lambda key: join(_module_path(key.rpartition(".")[0]) or "~", key.rpartition(".")[2], separator="/"),
+    name=lambda key: join(module_path(key.rpartition(".")[0]) or "~", key.rpartition(".")[2], separator="/"),
 )
 
 
