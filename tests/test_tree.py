@@ -287,15 +287,18 @@ def test_tree_at_replace_any_node_round_trip(tree, data):
     if not nodes:
         return
     path, node = data.draw(st.sampled_from(nodes))
+    # As in Equinox, a None is selectable as a node only when it is the only one; with
+    # `is_leaf=lambda x: x is None` every None is (see the test of Nones above).
+    kwargs = {"is_leaf": is_none} if node is None else {}
     replacement = data.draw(leaves)
-    new = larix.tree_at(_where_from(path), tree, replacement)
+    new = larix.tree_at(_where_from(path), tree, replacement, **kwargs)
     assert get_at(new, path) is replacement
     # replace_fn sees the old node
     seen = []
-    larix.tree_at(_where_from(path), tree, replace_fn=lambda old: seen.append(old) or old)
+    larix.tree_at(_where_from(path), tree, replace_fn=lambda old: seen.append(old) or old, **kwargs)
     assert len(seen) == 1 and seen[0] is node
     # putting the old node back gives the original tree
-    assert bool(larix.tree_equal(larix.tree_at(_where_from(path), new, node), tree))
+    assert bool(larix.tree_equal(larix.tree_at(_where_from(path), new, node, **kwargs), tree))
 
 
 # --------------------------------------------------------------------------- tree_equal
