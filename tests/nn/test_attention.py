@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from nn_helpers import (
     assert_bitwise_equal,
@@ -40,7 +41,9 @@ def test_fields_and_defaults():
     mha = larix.nn.MultiheadAttention(2, 6, key=key())
     assert (mha.qk_size, mha.vo_size, mha.key_size, mha.output_size) == (3, 3, 6, 6)
     assert mha.query_proj.weight.shape == (6, 6) and mha.query_proj.bias is None
-    custom = larix.nn.MultiheadAttention(3, 6, key_size=4, value_size=2, output_size=5, qk_size=7, vo_size=1, key=key())
+    custom = larix.nn.MultiheadAttention(
+        3, 6, key_size=4, value_size=2, output_size=5, qk_size=7, vo_size=1, key=key()
+    )
     assert custom.key_proj.weight.shape == (21, 4) and custom.output_proj.weight.shape == (5, 3)
 
 
@@ -214,3 +217,176 @@ def test_deterministic_is_a_deprecated_inference():
     with pytest.warns(UserWarning, match="deterministic"):
         with pytest.raises(RuntimeError, match="key"):
             ours(Q, KV, KV, deterministic=False, inference=True)  # `deterministic` wins, as in Equinox
+
+
+# Initialisers and dtypes (issue 9): the defaults are Equinox's to the bit; custom
+# initialisers reach the four projections with their keys, shapes and `param_dtype`;
+# `dtype` is the computation dtype of the projections and the attention.
+
+PROJECTIONS = ("query_proj", "key_proj", "value_proj", "output_proj")
+
+
+def _params(mha):
+    return [
+        p
+        for name in PROJECTIONS
+        for p in (getattr(mha, name).weight, getattr(mha, name).bias)
+        if p is not None
+    ]
+
+
+@pytest.mark.parametrize("config", ["default", "sizes", "biases"])
+@pytest.mark.parametrize("dtype", [None, jnp.float16, jnp.bfloat16])
+def test_default_init_is_equinox_bit_for_bit(config, dtype):
+    eqx = equinox()
+    ours = larix.nn.MultiheadAttention(**CONFIGS[config], dtype=dtype, key=key(6))
+    theirs = eqx.nn.MultiheadAttention(**CONFIGS[config], dtype=dtype, key=key(6))
+    assert len(_params(ours)) == len(_params(theirs))
+    for a, b in zip(_params(ours), _params(theirs)):
+        np.testing.assert_array_equal(a, b, strict=True)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_matches_equinox_to_the_bit(dtype):
+    # A layer built in one low precision computes as Equinox's does, softmax in float32.
+    eqx = equinox()
+    ours = larix.nn.MultiheadAttention(**CONFIGS["biases"], dtype=dtype, key=key(4))
+    theirs = eqx.nn.MultiheadAttention(**CONFIGS["biases"], dtype=dtype, key=key(4))
+    q, k = (jax.random.normal(key(i), (n, 8), dtype) for i, n in ((1, 9), (2, 11)))
+    assert_bitwise_equal(ours(q, k, k), theirs(q, k, k))
+
+
+def test_custom_initialisers_get_keys_shapes_and_param_dtype():
+    calls = []
+
+    def recording(init):
+        def wrapped(k, shape, dtype):
+            calls.append((k, shape, jnp.dtype(dtype)))
+            return init(k, shape, dtype)
+
+        return wrapped
+
+    lecun = jax.nn.initializers.lecun_normal()
+    mha = larix.nn.MultiheadAttention(
+        3,
+        6,
+        key_size=5,
+        value_size=4,
+        output_size=7,
+        qk_size=2,
+        vo_size=1,
+        use_query_bias=True,
+        use_output_bias=True,
+        dtype=jnp.bfloat16,
+        param_dtype=jnp.float32,
+        weight_init=recording(lecun),
+        bias_init=recording(jax.nn.initializers.zeros),
+        key=key(1),
+    )
+    # Each projection splits its own key into a weight key and a bias key, as Linear does;
+    # `bias_init` is called only for the projections with a bias.
+    (q_w, q_b), (k_w, _), (v_w, _), (o_w, o_b) = (jax.random.split(k) for k in jax.random.split(key(1), 4))
+    expected = [
+        (q_w, (6, 6)),
+        (q_b, (6,)),
+        (k_w, (6, 5)),
+        (v_w, (3, 4)),
+        (o_w, (7, 3)),
+        (o_b, (7,)),
+    ]
+    assert [(shape, dtype) for _, shape, dtype in calls] == [(shape, jnp.float32) for _, shape in expected]
+    for (got, _, _), (want, _) in zip(calls, expected):
+        assert jnp.array_equal(jax.random.key_data(got), jax.random.key_data(want))
+    assert jnp.array_equal(mha.key_proj.weight, lecun(k_w, (6, 5), jnp.float32))
+    assert jnp.array_equal(mha.output_proj.bias, jnp.zeros(7)) and mha.key_proj.bias is None
+    assert all(getattr(mha, name).dtype == jnp.bfloat16 for name in PROJECTIONS)
+    # Only the initialiser given is replaced: the biases keep Equinox's default.
+    default = larix.nn.MultiheadAttention(**CONFIGS["biases"], key=key(2))
+    half = larix.nn.MultiheadAttention(**CONFIGS["biases"], weight_init=jax.nn.initializers.ones, key=key(2))
+    for name in PROJECTIONS:
+        assert jnp.array_equal(getattr(half, name).weight, jnp.ones_like(getattr(default, name).weight))
+        np.testing.assert_array_equal(getattr(half, name).bias, getattr(default, name).bias, strict=True)
+
+
+def test_initialiser_of_the_wrong_shape_or_dtype_is_named():
+    with pytest.raises(
+        ValueError,
+        match=r"MultiheadAttention: `weight_init` must return .* float32\[6, 4\], it returned float32\[4, 6\]",
+    ):
+        larix.nn.MultiheadAttention(
+            2, 4, qk_size=3, weight_init=lambda k, s, d: jnp.zeros(s[::-1], d), key=key()
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"MultiheadAttention: `bias_init` .* asked for bfloat16\[6\], it returned float32\[6\]",
+    ):
+        larix.nn.MultiheadAttention(
+            2, 6, use_key_bias=True, dtype=jnp.bfloat16, bias_init=lambda k, s, d: jnp.zeros(s), key=key()
+        )
+
+
+def test_param_dtype_defaults_to_dtype_as_in_equinox():
+    mha = larix.nn.MultiheadAttention(2, 6, use_value_bias=True, dtype=jnp.bfloat16, key=key())
+    assert mha.dtype == jnp.bfloat16 and all(p.dtype == jnp.bfloat16 for p in _params(mha))
+    assert mha(Q.astype(jnp.bfloat16), KV.astype(jnp.bfloat16), KV.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+    stored = larix.nn.MultiheadAttention(2, 6, use_value_bias=True, param_dtype=jnp.float16, key=key())
+    assert stored.dtype is None and all(p.dtype == jnp.float16 for p in _params(stored))
+    # The new field is static: the leaves are still Equinox's.
+    theirs = equinox().nn.MultiheadAttention(2, 6, use_value_bias=True, dtype=jnp.bfloat16, key=key())
+    assert len(jax.tree_util.tree_leaves(mha)) == len(jax.tree_util.tree_leaves(theirs))
+    assert same_arrays(mha, theirs)
+
+
+def test_dtype_is_the_computation_dtype():
+    # Flax's mixed precision: float32 parameters, bfloat16 arithmetic. By hand: the same
+    # parameters cast to bfloat16, in Equinox's bfloat16 layer, given bfloat16 inputs.
+    eqx = equinox()
+    config = CONFIGS["biases"]
+    mha = larix.nn.MultiheadAttention(**config, dtype=jnp.bfloat16, param_dtype=jnp.float32, key=key(3))
+    assert all(p.dtype == jnp.float32 for p in _params(mha))
+    q, k = jax.random.normal(key(1), (5, 8)), jax.random.normal(key(2), (6, 8))
+    mask = jax.random.bernoulli(key(7), 0.7, (5, 6)).at[:, 0].set(True)
+    got = mha(q, k, k, mask)
+    assert got.dtype == jnp.bfloat16
+    by_hand = jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.bfloat16) if eqx.is_inexact_array(a) else a,
+        eqx.nn.MultiheadAttention(**config, key=key(3)),
+    )
+    bf16 = [x.astype(jnp.bfloat16) for x in (q, k)]
+    assert_bitwise_equal(got, by_hand(bf16[0], bf16[1], bf16[1], mask))
+    # process_heads sees the heads in the computation dtype.
+    seen = []
+    mha(q, k, k, process_heads=lambda *heads: seen.extend(h.dtype for h in heads) or heads)
+    assert seen == [jnp.bfloat16] * 3
+    # dtype=None: the common type of the inputs and the parameters.
+    low = larix.nn.MultiheadAttention(2, 6, param_dtype=jnp.bfloat16, key=key())
+    assert low(Q, KV.astype(jnp.bfloat16), KV.astype(jnp.bfloat16)).dtype == jnp.float32
+    low_kv = KV.astype(jnp.bfloat16)
+    assert low(Q.astype(jnp.bfloat16), low_kv, low_kv).dtype == jnp.bfloat16
+
+
+def test_mixed_dtypes_work_under_strict_promotion():
+    # A float32 query, bfloat16 keys and values and parameters: the heads are given one
+    # dtype explicitly, so strict promotion accepts it and computes as standard does.
+    mha = larix.nn.MultiheadAttention(2, 6, use_output_bias=True, param_dtype=jnp.bfloat16, key=key())
+    kv = KV.astype(jnp.bfloat16)
+    run = larix.filter_jit(lambda m, q, k, v: m(q, k, v, inference=True))
+    with jax.numpy_dtype_promotion("standard"):
+        expected = run(mha, Q, kv, kv)
+    with jax.numpy_dtype_promotion("strict"):
+        got = run(mha, Q, kv, kv)
+    assert got.dtype == jnp.float32
+    assert_bitwise_equal(got, expected)
+
+
+def test_default_path_adds_no_casts_to_the_jaxpr():
+    # Same dtypes everywhere: the jaxpr is Equinox's, operation for operation.
+    eqx = equinox()
+
+    def primitives(mha):
+        return [e.primitive.name for e in jax.make_jaxpr(lambda q, k: mha(q, k, k))(Q, KV).eqns]
+
+    config = CONFIGS["biases"] | dict(query_size=6, num_heads=2)
+    ours = primitives(larix.nn.MultiheadAttention(**config, key=key()))
+    assert "convert_element_type" not in ours
+    assert ours == primitives(eqx.nn.MultiheadAttention(**config, key=key()))

@@ -142,8 +142,10 @@ def test_param_dtype_and_computation_dtype():
     low = larix.nn.DenseGeneral((4, 5), 3, param_dtype=jnp.bfloat16, key=key())
     assert low.kernel.dtype == low.bias.dtype == jnp.bfloat16
     assert low(x).dtype == jnp.float32  # common type of f32 input and bf16 parameters
-    mixed = larix.nn.DenseGeneral((4, 5), 3, dtype=jnp.bfloat16, key=key())
+    mixed = larix.nn.DenseGeneral((4, 5), 3, dtype=jnp.bfloat16, param_dtype=jnp.float32, key=key())
     assert mixed.kernel.dtype == jnp.float32 and mixed(x).dtype == jnp.bfloat16
+    # dtype alone builds the layer in that dtype, as for every larix layer.
+    assert larix.nn.DenseGeneral((4, 5), 3, dtype=jnp.bfloat16, key=key()).kernel.dtype == jnp.bfloat16
     assert close(mixed(x), einsum_reference(mixed, x), atol=0.1)
     ints = larix.nn.DenseGeneral((4, 5), 3, key=key())
     assert ints(jnp.ones((4, 5), jnp.int32)).dtype == jnp.float32

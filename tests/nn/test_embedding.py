@@ -48,7 +48,7 @@ def test_embedding_grad_pickle_repr():
     grads = larix.filter_grad(lambda m: jnp.sum(m(3)))(embed)
     assert close(grads.weight, jnp.zeros((5, 2)).at[3].set(1.0))
     assert same_arrays(pickle_roundtrip(embed), embed)
-    assert repr(embed) == "Embedding(num_embeddings=5, embedding_size=2, weight=f32[5,2])"
+    assert repr(embed) == "Embedding(num_embeddings=5, embedding_size=2, weight=f32[5,2], dtype=None)"
 
 
 def _rope_reference(x, theta=10_000.0):
@@ -57,7 +57,9 @@ def _rope_reference(x, theta=10_000.0):
     angles = np.arange(seq)[:, None] * freqs[None, :]
     x = np.asarray(x, np.float64)
     x1, x2 = x[:, : dim // 2], x[:, dim // 2 :]
-    return np.concatenate([x1 * np.cos(angles) - x2 * np.sin(angles), x2 * np.cos(angles) + x1 * np.sin(angles)], -1)
+    return np.concatenate(
+        [x1 * np.cos(angles) - x2 * np.sin(angles), x2 * np.cos(angles) + x1 * np.sin(angles)], -1
+    )
 
 
 def test_rope_matches_reference():
@@ -138,3 +140,127 @@ def test_rope_mixed_dtypes_under_strict_promotion_explain():
         with pytest.raises(jax.dtypes.TypePromotionError, match=r"dtype=jnp.float16"):
             rope(x)
         assert larix.nn.RotaryPositionalEmbedding(4, dtype=jnp.float16)(x).dtype == jnp.float16
+
+
+# Initialisers and dtypes (issue 9): the default table is Equinox's to the bit; a custom
+# initialiser gets the key, shape and `param_dtype`; `dtype` is the dtype of the output.
+
+
+@pytest.mark.parametrize("sizes", [(6, 3), (10, 7), (0, 4), (5, 0)])
+@pytest.mark.parametrize("dtype", [None, jnp.float16, jnp.bfloat16])
+def test_default_init_is_equinox_bit_for_bit(sizes, dtype):
+    eqx = equinox()
+    ours = larix.nn.Embedding(*sizes, dtype=dtype, key=key(3))
+    theirs = eqx.nn.Embedding(*sizes, dtype=dtype, key=key(3))
+    np.testing.assert_array_equal(ours.weight, theirs.weight, strict=True)
+    if sizes[0] > 0:
+        np.testing.assert_array_equal(ours(sizes[0] - 1), theirs(sizes[0] - 1), strict=True)
+
+
+def test_custom_initialiser_gets_key_shape_and_param_dtype():
+    calls = []
+
+    def recording(k, shape, dtype):
+        calls.append((k, shape, jnp.dtype(dtype)))
+        return jax.nn.initializers.normal(0.02)(k, shape, dtype)
+
+    embed = larix.nn.Embedding(
+        7, 3, dtype=jnp.bfloat16, param_dtype=jnp.float32, weight_init=recording, key=key(1)
+    )
+    assert [(shape, dtype) for _, shape, dtype in calls] == [((7, 3), jnp.float32)]
+    # The key is used as it is, as by the default.
+    assert jnp.array_equal(jax.random.key_data(calls[0][0]), jax.random.key_data(key(1)))
+    assert jnp.array_equal(embed.weight, jax.nn.initializers.normal(0.02)(key(1), (7, 3), jnp.float32))
+    # An initialiser that draws no random numbers needs no key; one that does says so.
+    assert jnp.array_equal(
+        larix.nn.Embedding(4, 2, weight_init=jax.nn.initializers.zeros).weight, jnp.zeros((4, 2))
+    )
+    with pytest.raises(
+        TypeError, match=r"Embedding: `weight_init` failed when called without a random key.*key="
+    ):
+        larix.nn.Embedding(4, 2, weight_init=jax.nn.initializers.normal())
+    with pytest.raises(ValueError, match="key"):
+        larix.nn.Embedding(4, 2, param_dtype=jnp.float16)
+
+
+def test_initialiser_of_the_wrong_shape_or_dtype_is_named():
+    with pytest.raises(
+        ValueError,
+        match=r"Embedding: `weight_init` must return .* float32\[4, 2\], it returned float32\[2, 4\]",
+    ):
+        larix.nn.Embedding(4, 2, weight_init=lambda k, s, d: jnp.zeros(s[::-1], d), key=key())
+    with pytest.raises(
+        ValueError, match=r"`weight_init` .* asked for float16\[4, 2\], it returned float32\[4, 2\]"
+    ):
+        larix.nn.Embedding(4, 2, param_dtype=jnp.float16, weight_init=lambda k, s, d: jnp.zeros(s), key=key())
+
+
+def test_weight_with_param_dtype_or_weight_init_is_refused():
+    table = jnp.arange(6.0).reshape(3, 2)
+    with pytest.raises(
+        ValueError,
+        match=r"Embedding: `param_dtype` cannot be given with `weight=`: it only applies to a new table",
+    ):
+        larix.nn.Embedding(weight=table, param_dtype=jnp.bfloat16)
+    with pytest.raises(
+        ValueError, match=r"`param_dtype` and `weight_init` cannot be given with `weight=`: they only apply"
+    ):
+        larix.nn.Embedding(weight=table, param_dtype=jnp.bfloat16, weight_init=jax.nn.initializers.zeros)
+    # `dtype` still applies: it is the dtype of the output, and the table is kept as given.
+    embed = larix.nn.Embedding(weight=table, dtype=jnp.bfloat16)
+    assert embed.weight.dtype == jnp.float32 and embed(1).dtype == jnp.bfloat16
+
+
+def test_param_dtype_defaults_to_dtype_as_in_equinox():
+    embed = larix.nn.Embedding(3, 2, dtype=jnp.bfloat16, key=key())
+    assert (
+        embed.weight.dtype == jnp.bfloat16 and embed.dtype == jnp.bfloat16 and embed(0).dtype == jnp.bfloat16
+    )
+    stored = larix.nn.Embedding(3, 2, param_dtype=jnp.float16, key=key())
+    assert stored.weight.dtype == jnp.float16 and stored.dtype is None
+    assert stored(2).dtype == jnp.float16  # dtype=None: the table's dtype
+
+
+def test_dtype_is_the_output_dtype():
+    # Flax's mixed precision: a float32 table, bfloat16 embeddings.
+    embed = larix.nn.Embedding(5, 3, dtype=jnp.bfloat16, param_dtype=jnp.float32, key=key(2))
+    assert embed.weight.dtype == jnp.float32
+    got = embed(jnp.array(4, jnp.uint8))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(
+        np.asarray(got, np.float32), np.asarray(embed.weight[4].astype(jnp.bfloat16), np.float32)
+    )
+    rows = jax.vmap(embed)(jnp.array([0, 3]))
+    assert rows.dtype == jnp.bfloat16 and rows.shape == (2, 3)
+    # The gradient reaches the float32 table.
+    grads = larix.filter_grad(lambda m: jnp.sum(m(1).astype(jnp.float32)))(embed)
+    assert grads.weight.dtype == jnp.float32 and jnp.array_equal(
+        grads.weight, jnp.zeros((5, 3)).at[1].set(1.0)
+    )
+    # The index stays an integer, whatever `dtype` is.
+    with pytest.raises(TypeError, match="integer"):
+        embed(jnp.array(1.0, jnp.bfloat16))
+
+
+def test_mixed_dtypes_work_under_strict_promotion():
+    embed = larix.nn.Embedding(5, 3, dtype=jnp.bfloat16, param_dtype=jnp.float32, key=key())
+    with jax.numpy_dtype_promotion("standard"):
+        expected = embed(jnp.array(2))
+    with jax.numpy_dtype_promotion("strict"):
+        got = larix.filter_jit(lambda m, i: m(i))(embed, jnp.array(2, jnp.int16))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
+
+
+def test_default_path_adds_no_casts_to_the_jaxpr():
+    # Same dtypes: the lookup's jaxpr is Equinox's (its one convert is of the index).
+    embed = larix.nn.Embedding(5, 2, key=key())
+    primitives = [e.primitive.name for e in jax.make_jaxpr(lambda m, i: m(i))(embed, jnp.array(1)).eqns]
+    assert primitives == [
+        "convert_element_type", "lt", "add", "select_n", "lt", "add", "select_n", "dynamic_slice", "squeeze",
+    ]  # fmt: skip
+    eqx = equinox()
+    theirs = eqx.nn.Embedding(5, 2, key=key())
+    assert primitives == [
+        e.primitive.name for e in jax.make_jaxpr(lambda m, i: m(i))(theirs, jnp.array(1)).eqns
+    ]

@@ -132,3 +132,41 @@ def test_depth_zero_applies_final_activation():
     mlp = larix.nn.MLP(3, 2, 4, 0, final_activation=jax.nn.sigmoid, key=key())
     x = jnp.array([0.2, -0.4, 0.9])
     assert_bitwise_equal(mlp(x), jax.nn.sigmoid(mlp.layers[0](x)))
+
+
+def test_initialisers_and_dtypes_reach_every_layer():
+    calls = []
+
+    def weight_init(k, shape, dtype):
+        calls.append((shape, jnp.dtype(dtype)))
+        return jnp.full(shape, 0.5, dtype)
+
+    for scan in (False, True):
+        calls.clear()
+        mlp = larix.nn.MLP(
+            3,
+            2,
+            4,
+            3,
+            dtype=jnp.bfloat16,
+            param_dtype=jnp.float32,
+            weight_init=weight_init,
+            bias_init=jax.nn.initializers.zeros,
+            scan=scan,
+            key=key(),
+        )
+        # Under scan the middle layers are built by one vmapped call: one trace.
+        expected_calls = [(4, 3), (4, 4), (2, 4)] if scan else [(4, 3), (4, 4), (4, 4), (2, 4)]
+        assert [shape for shape, _ in calls] == expected_calls
+        assert {dtype for _, dtype in calls} == {jnp.dtype(jnp.float32)}
+        for layer in mlp.layers:
+            assert layer.weight.dtype == jnp.float32 and bool(jnp.all(layer.weight == 0.5))
+            assert bool(jnp.all(layer.bias == 0)) and layer.dtype == jnp.bfloat16
+        assert mlp(jnp.ones(3)).dtype == jnp.bfloat16
+
+
+def test_default_initialisation_is_unchanged_by_the_new_arguments():
+    eqx = equinox()
+    ours = larix.nn.MLP(3, 2, 4, 2, key=key(7))
+    theirs = eqx.nn.MLP(3, 2, 4, 2, key=key(7))
+    assert_bitwise_equal([(a.weight, a.bias) for a in ours.layers], [(b.weight, b.bias) for b in theirs.layers])

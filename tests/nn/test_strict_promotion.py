@@ -145,13 +145,13 @@ CASES: list[tuple[str, tuple[Any, ...], Callable[[Any], Callable[[], Any]], Any]
     ),
     ("Dropout", FLOATS, lambda d: _call(larix.nn.Dropout(0.3), _x((6,), d), key=key(5)), None),
     ("LayerNorm", FLOATS, lambda d: _call(larix.nn.LayerNorm((3, 4)), _x((3, 4), d)), None),
-    ("LayerNorm-bf16-params", FLOATS, lambda d: _call(larix.nn.LayerNorm(4, dtype=BF16), _x((4,), d)), None),
+    ("LayerNorm-bf16-params", FLOATS, lambda d: _call(larix.nn.LayerNorm(4, param_dtype=BF16), _x((4,), d)), None),
     ("RMSNorm", FLOATS, lambda d: _call(larix.nn.RMSNorm(4), _x((4,), d)), None),
     ("GroupNorm", FLOATS, lambda d: _call(larix.nn.GroupNorm(2, 4), _x((4, 3, 2), d)), None),
     (
         "GroupNorm-bf16-params",
         FLOATS,
-        lambda d: _call(larix.nn.GroupNorm(2, 4, dtype=BF16), _x((4, 3), d)),
+        lambda d: _call(larix.nn.GroupNorm(2, 4, param_dtype=BF16), _x((4, 3), d)),
         None,
     ),
     (

@@ -14,12 +14,31 @@ import jax.numpy as jnp
 from .._module import Module, field
 from ._dropout import Dropout
 from ._linear import Linear
-from ._misc import at_least_float32, check_size, deprecated_deterministic
+from ._misc import (
+    Initializer,
+    at_least_float32,
+    cast_for_op,
+    check_size,
+    deprecated_deterministic,
+    init_param,
+)
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 __all__ = ["MultiheadAttention", "dot_product_attention", "dot_product_attention_weights"]
+
+
+def _checked(init: Initializer | None, name: str) -> Initializer | None:
+    """`init`, checked on each call so that a wrong shape or dtype is reported against
+    MultiheadAttention's own argument rather than the Linear it is passed to."""
+    if init is None:
+        return None
+
+    def checked(key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+        return init_param("MultiheadAttention", name, init, init, key, shape, dtype)
+
+    return checked
 
 
 def dot_product_attention_weights(
@@ -131,8 +150,8 @@ class MultiheadAttention(Module):
     - `output_proj`: `num_heads * vo_size -> output_size`.
     - `dropout`: the [`larix.nn.Dropout`][] applied to the attention weights.
     - `num_heads`, `query_size`, `key_size`, `value_size`, `output_size`, `qk_size`,
-      `vo_size`, `use_query_bias`, `use_key_bias`, `use_value_bias`, `use_output_bias`:
-      the sizes and options (static).
+      `vo_size`, `use_query_bias`, `use_key_bias`, `use_value_bias`, `use_output_bias`,
+      `dtype`: the sizes and options (static).
 
     !!! example "Causal self-attention"
         ```python
@@ -162,6 +181,7 @@ class MultiheadAttention(Module):
     use_key_bias: bool = field(static=True)
     use_value_bias: bool = field(static=True)
     use_output_bias: bool = field(static=True)
+    dtype: Any = field(static=True)
 
     def __init__(
         self,
@@ -180,6 +200,9 @@ class MultiheadAttention(Module):
         inference: bool = False,
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -194,9 +217,29 @@ class MultiheadAttention(Module):
           each projection has a bias.
         - `dropout_p`: the dropout probability on the attention weights.
         - `inference`: if `True`, no dropout; see [`larix.nn.inference_mode`][].
-        - `dtype`: the dtype of the parameters (default `float32`, or `float64` in 64-bit
-          mode).
+        - `dtype`: the computation dtype, passed to the four projections: the query, key
+          and value are cast to it with the projections' parameters, and the result has
+          it. If `None`, each projection computes in the common type of its input and
+          parameters, and the heads are then cast to their common type. The softmax of
+          the attention weights is computed in at least `float32` whatever `dtype` is.
+          Also the dtype the parameters are stored in, unless `param_dtype` is given: as
+          in Equinox, `dtype=` alone builds the whole layer in that dtype.
+        - `param_dtype`: the dtype of the stored weights and biases of the projections
+          (keyword-only). Defaults to `dtype`, or to `float32` (`float64` when JAX runs
+          in 64-bit mode). Flax's mixed precision is
+          `dtype=jnp.bfloat16, param_dtype=jnp.float32`.
+        - `weight_init`, `bias_init`: initialisers with the signature of
+          `jax.nn.initializers`, `init(key, shape, dtype) -> array` (keyword-only),
+          given to each of the four projections (see [`larix.nn.Linear`][]): each call
+          gets that projection's shape, `(out_features, in_features)` or
+          `(out_features,)`, its own key and `param_dtype`. `bias_init` is called only
+          for the projections with a bias. By default both draw uniformly from
+          `[-1/sqrt(in_features), 1/sqrt(in_features))`, as Equinox does, to the bit.
         - `key`: keyword-only; a `jax.random` key for the initialisation.
+
+        **Raises:** `ValueError` for a size that is not a positive int, a `query_size`
+        too small for the default head sizes, or an initialiser that returns an array of
+        another shape or dtype.
         """
         check_size("MultiheadAttention", "num_heads", num_heads)
         check_size("MultiheadAttention", "query_size", query_size)
@@ -212,10 +255,17 @@ class MultiheadAttention(Module):
         qk_size = query_size // num_heads if qk_size is None else qk_size
         vo_size = query_size // num_heads if vo_size is None else vo_size
         q_key, k_key, v_key, o_key = jax.random.split(key, 4)
-        self.query_proj = Linear(query_size, num_heads * qk_size, use_query_bias, dtype, key=q_key)
-        self.key_proj = Linear(key_size, num_heads * qk_size, use_key_bias, dtype, key=k_key)
-        self.value_proj = Linear(value_size, num_heads * vo_size, use_value_bias, dtype, key=v_key)
-        self.output_proj = Linear(num_heads * vo_size, output_size, use_output_bias, dtype, key=o_key)
+        inits = dict(
+            param_dtype=param_dtype,
+            weight_init=_checked(weight_init, "weight_init"),
+            bias_init=_checked(bias_init, "bias_init"),
+        )
+        self.query_proj = Linear(query_size, num_heads * qk_size, use_query_bias, dtype, **inits, key=q_key)
+        self.key_proj = Linear(key_size, num_heads * qk_size, use_key_bias, dtype, **inits, key=k_key)
+        self.value_proj = Linear(value_size, num_heads * vo_size, use_value_bias, dtype, **inits, key=v_key)
+        self.output_proj = Linear(
+            num_heads * vo_size, output_size, use_output_bias, dtype, **inits, key=o_key
+        )
         self.dropout = Dropout(dropout_p, inference=inference)
         self.num_heads = num_heads
         self.query_size = query_size
@@ -228,14 +278,21 @@ class MultiheadAttention(Module):
         self.use_key_bias = use_key_bias
         self.use_value_bias = use_value_bias
         self.use_output_bias = use_output_bias
+        self.dtype = dtype
 
     def _check_inputs(self, query: Any, key_: Any, value: Any, mask: Any) -> None:
         problems = []
-        for name, x, size in (("query", query, self.query_size), ("key_", key_, self.key_size), ("value", value, self.value_size)):
+        for name, x, size in (
+            ("query", query, self.query_size),
+            ("key_", key_, self.key_size),
+            ("value", value, self.value_size),
+        ):
             if jnp.ndim(x) != 2 or jnp.shape(x)[1] != size:
                 problems.append(f"`{name}` must have shape (seq_length, {size}), got {jnp.shape(x)}")
         if not problems and key_.shape[0] != value.shape[0]:
-            problems.append(f"`key_` and `value` must have the same length, got {key_.shape[0]} and {value.shape[0]}")
+            problems.append(
+                f"`key_` and `value` must have the same length, got {key_.shape[0]} and {value.shape[0]}"
+            )
         if not problems and mask is not None:
             pair = (query.shape[0], key_.shape[0])
             if jnp.shape(mask) not in (pair, (self.num_heads, *pair)):
@@ -243,8 +300,12 @@ class MultiheadAttention(Module):
                     f"`mask` must have shape {pair} or {(self.num_heads, *pair)} (per head), got {jnp.shape(mask)}"
                 )
         if problems:
-            hint = " For a batch, vmap over it." if any(jnp.ndim(x) == 3 for x in (query, key_, value)) else ""
-            raise ValueError(f"MultiheadAttention(num_heads={self.num_heads}, ...): " + "; ".join(problems) + "." + hint)
+            hint = (
+                " For a batch, vmap over it." if any(jnp.ndim(x) == 3 for x in (query, key_, value)) else ""
+            )
+            raise ValueError(
+                f"MultiheadAttention(num_heads={self.num_heads}, ...): " + "; ".join(problems) + "." + hint
+            )
 
     def __call__(
         self,
@@ -276,7 +337,8 @@ class MultiheadAttention(Module):
           `vo_size` for `v`), for example to apply a
           [`larix.nn.RotaryPositionalEmbedding`][].
 
-        **Returns:** an array of shape `(query_seq_length, output_size)`.
+        **Returns:** an array of shape `(query_seq_length, output_size)`, of dtype `dtype`
+        (or the common type of the inputs and the parameters).
 
         **Raises:** `ValueError` naming every input of the wrong shape.
         """
@@ -289,6 +351,11 @@ class MultiheadAttention(Module):
         q = jax.vmap(self.query_proj)(query).reshape(query.shape[0], self.num_heads, -1)
         k = jax.vmap(self.key_proj)(key_).reshape(key_.shape[0], self.num_heads, -1)
         v = jax.vmap(self.value_proj)(value).reshape(value.shape[0], self.num_heads, -1)
+        # With `dtype=None` each projection computes in the common type of its own input
+        # and parameters, so the heads may differ (a float32 query, bfloat16 keys):
+        # attention needs one dtype, given explicitly so that strict promotion accepts it.
+        # No-ops when the dtypes already agree.
+        q, k, v = cast_for_op(self.dtype, q, k, v)
         if process_heads is not None:
             shapes = (q.shape, k.shape, v.shape)
             q, k, v = process_heads(q, k, v)
@@ -297,6 +364,7 @@ class MultiheadAttention(Module):
                     f"MultiheadAttention: process_heads must keep the shapes of the heads "
                     f"{shapes}, but returned {(q.shape, k.shape, v.shape)}."
                 )
+            q, k, v = cast_for_op(self.dtype, q, k, v)
 
         # Each head attends on its own, mapped over the head axis (1): the same operations
         # as Equinox, so that results agree with it to the bit. Each head gets its own

@@ -5,13 +5,23 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
 
 from .._module import field
-from ._misc import at_least_float32, check_size, resolve_dtype, shape_error, warn_at_caller
+from ._misc import (
+    Initializer,
+    at_least_float32,
+    cast_for_op,
+    check_size,
+    init_param,
+    param_dtype_of,
+    shape_error,
+    warn_at_caller,
+)
 from ._stateful import State, StatefulLayer, StateIndex
 
 if TYPE_CHECKING:
@@ -20,6 +30,20 @@ if TYPE_CHECKING:
 __all__ = ["BatchNorm"]
 
 _MODES = ("ema", "batch")
+
+
+def _promoted(op: Any, a: Any, b: Any) -> Any:
+    """`op(a, b)` on `a` and `b` cast to their common type: what standard promotion computes
+    (to the bit), but also under strict promotion, where mixing the dtypes would raise: the
+    running statistics and parameters are stored in `param_dtype`, which may differ from
+    the computation's dtype (bfloat16 parameters and float32 statistics, say)."""
+    a, b = cast_for_op(None, a, b)
+    return op(a, b)
+
+
+def _blend(momentum: float, running: Any, batch: Any) -> Any:
+    """`momentum * running + (1 - momentum) * batch`, in the common type."""
+    return _promoted(jnp.add, momentum * running, (1 - momentum) * batch)
 
 
 class BatchNorm(StatefulLayer):
@@ -49,13 +73,14 @@ class BatchNorm(StatefulLayer):
 
     **Fields:**
 
-    - `weight`, `bias`: shape `(input_size,)`, or `None` if `channelwise_affine=False`.
+    - `weight`, `bias`: shape `(input_size,)` (ones and zeros by default), or `None` if
+      `channelwise_affine=False`.
     - `ema_first_time_index`, `ema_state_index`: the state of `mode="ema"` (a flag and
       the `(mean, variance)` pair), else `None`.
     - `batch_counter`, `batch_state_index`: the state of `mode="batch"` (the number of
       training steps and the `(mean, variance)` pair), else `None`.
     - `axis_name`, `inference`: as passed to `__init__`.
-    - `input_size`, `eps`, `channelwise_affine`, `momentum`, `mode`: static.
+    - `input_size`, `eps`, `channelwise_affine`, `momentum`, `mode`, `dtype`: static.
 
     !!! example
         ```python
@@ -89,6 +114,7 @@ class BatchNorm(StatefulLayer):
     channelwise_affine: bool = field(static=True)
     momentum: float = field(static=True)
     mode: Literal["ema", "batch"] = field(static=True)
+    dtype: Any = field(static=True)
 
     def __init__(
         self,
@@ -100,6 +126,11 @@ class BatchNorm(StatefulLayer):
         inference: bool = False,
         dtype: Any = None,
         mode: Literal["ema", "batch", "legacy"] = "legacy",
+        *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        key: PRNGKeyArray | None = None,
     ):
         """**Arguments:**
 
@@ -111,12 +142,31 @@ class BatchNorm(StatefulLayer):
         - `momentum`: how slowly the running statistics move, in `[0, 1)`.
         - `inference`: if `True`, normalise by the running statistics and leave the state
           unchanged. Changed by [`larix.nn.inference_mode`][]; overridden per call.
-        - `dtype`: the dtype of the parameters and running statistics (default `float32`,
-          or `float64` in 64-bit mode).
+        - `dtype`: the dtype of the result (as in Flax's norm layers): the output is cast to
+          it. If `None`, the output has the dtype of the input (`float32` for an integer
+          input). Either way the statistics and the affine map are computed in at least
+          `float32` (and at least `dtype`). Also the dtype the parameters and running
+          statistics are stored in, unless `param_dtype` is given: as in Equinox,
+          `dtype=` alone builds the whole layer in that dtype.
         - `mode`: `"ema"` or `"batch"`; see above. Pass it: left out (or given as
           `"legacy"`), it means `"ema"` and warns, as in Equinox.
+        - `param_dtype`: the dtype of the stored weight, bias and running statistics
+          (keyword-only). Defaults to `dtype`, or to `float32` (`float64` when JAX runs in
+          64-bit mode). Flax's mixed precision is `dtype=jnp.bfloat16,
+          param_dtype=jnp.float32`.
+        - `weight_init`, `bias_init`: initialisers with the signature of
+          `jax.nn.initializers`, `init(key, shape, dtype) -> array` (keyword-only),
+          called with shape `(input_size,)` and `param_dtype`, and only if
+          `channelwise_affine=True`. By default `jax.nn.initializers.ones` and
+          `jax.nn.initializers.zeros`, as in Equinox. (The running statistics always
+          start at zero.)
+        - `key`: a `jax.random` key, split into one key for each initialiser
+          (keyword-only). Not needed by the defaults; without it, the initialisers are
+          called with `None` (an initialiser that draws random numbers needs it).
 
-        **Raises:** `ValueError` for an unknown `mode` or a `momentum` outside `[0, 1)`.
+        **Raises:** `ValueError` for an unknown `mode`, a `momentum` outside `[0, 1)`, or
+        an initialiser that returns an array of another shape or dtype; `TypeError` if
+        one fails without a `key`.
 
         **Warns:** `UserWarning` if `mode` is not given.
         """
@@ -134,10 +184,19 @@ class BatchNorm(StatefulLayer):
             raise ValueError(f"BatchNorm: `mode` must be 'ema' or 'batch', got {mode!r}.")
         if not 0 <= momentum < 1:
             raise ValueError(f"BatchNorm: `momentum` must be in [0, 1), got {momentum}.")
-        dtype = resolve_dtype(dtype)
-        self.weight = jnp.ones((input_size,), dtype) if channelwise_affine else None
-        self.bias = jnp.zeros((input_size,), dtype) if channelwise_affine else None
-        zeros = jnp.zeros((input_size,), dtype)
+        stored = param_dtype_of(dtype, param_dtype)
+        # No key by default: ones and zeros need none. With one, each initialiser gets its own.
+        weight_key, bias_key = (None, None) if key is None else jax.random.split(key)
+        shape = (input_size,)
+        if channelwise_affine:
+            ones_init, zeros_init = jax.nn.initializers.ones, jax.nn.initializers.zeros
+            self.weight = init_param(
+                "BatchNorm", "weight_init", weight_init, ones_init, weight_key, shape, stored
+            )
+            self.bias = init_param("BatchNorm", "bias_init", bias_init, zeros_init, bias_key, shape, stored)
+        else:
+            self.weight = self.bias = None
+        zeros = jnp.zeros(shape, stored)
         ema, batch = mode == "ema", mode == "batch"
         self.ema_first_time_index = StateIndex(jnp.array(True)) if ema else None
         self.ema_state_index = StateIndex((zeros, zeros)) if ema else None
@@ -150,6 +209,7 @@ class BatchNorm(StatefulLayer):
         self.channelwise_affine = channelwise_affine
         self.momentum = momentum
         self.mode = mode
+        self.dtype = dtype
 
     def _batch_statistics(self, x: Any) -> tuple[Any, Any]:
         axes = tuple(range(1, x.ndim))
@@ -183,21 +243,33 @@ class BatchNorm(StatefulLayer):
         - `key`: ignored.
         - `inference`: overrides `self.inference` for this call if not `None`.
 
-        **Returns:** `(output, state)`: the normalised array, of the shape and dtype of
-        `x`, and the updated state (unchanged in inference mode).
+        **Returns:** `(output, state)`: the normalised array, of the shape of `x` and of
+        dtype `dtype` (if `None`, the dtype of `x`, or `float32` for an integer `x`), and
+        the updated state (unchanged in inference mode; its running statistics keep their
+        stored dtype).
 
         **Raises:** `NameError` if not run under a vmap with the batch axis name;
         `ValueError` if `x` has no channel axis of size `input_size`.
         """
         shape = jnp.shape(x)
         if not shape or shape[0] != self.input_size:
-            raise shape_error(f"BatchNorm(input_size={self.input_size}, ...)", f"({self.input_size}, ...)", shape)
+            raise shape_error(
+                f"BatchNorm(input_size={self.input_size}, ...)", f"({self.input_size}, ...)", shape
+            )
         if inference is None:
             inference = self.inference
-        # Computed in at least float32; the output has the input's dtype, or float32 for
-        # integer input (raw pixel values, say), as in Equinox.
-        compute_dtype = at_least_float32(jnp.result_type(x))
-        dtype = jnp.result_type(x) if jnp.issubdtype(jnp.result_type(x), jnp.inexact) else compute_dtype
+        # Computed in at least float32 (and at least `dtype`); without `dtype`, the output
+        # has the input's dtype, or float32 for integer input (raw pixel values, say), as
+        # in Equinox.
+        x_dtype = jnp.result_type(x)
+        if self.dtype is None:
+            compute_dtype = at_least_float32(x_dtype)
+            dtype = x_dtype if jnp.issubdtype(x_dtype, jnp.inexact) else compute_dtype
+        else:
+            # Our choice, not an implicit promotion of the user's arrays.
+            with jax.numpy_dtype_promotion("standard"):
+                compute_dtype = at_least_float32(jnp.promote_types(x_dtype, self.dtype))
+            dtype = jnp.dtype(self.dtype)
         x = jnp.asarray(x, compute_dtype)
         m = self.momentum
         if self.mode == "ema":
@@ -207,8 +279,9 @@ class BatchNorm(StatefulLayer):
             else:
                 batch_mean, batch_var = self._batch_statistics(x)
                 first = state.get(self.ema_first_time_index)
-                mean = jnp.where(first, batch_mean, m * running_mean + (1 - m) * batch_mean).astype(running_mean.dtype)
-                variance = jnp.where(first, batch_var, m * running_var + (1 - m) * batch_var).astype(running_var.dtype)
+                mean = _promoted(partial(jnp.where, first), batch_mean, _blend(m, running_mean, batch_mean))
+                variance = _promoted(partial(jnp.where, first), batch_var, _blend(m, running_var, batch_var))
+                mean, variance = mean.astype(running_mean.dtype), variance.astype(running_var.dtype)
                 state = state.set(self.ema_first_time_index, jnp.array(False))
                 state = state.set(self.ema_state_index, (mean, variance))
         else:
@@ -226,14 +299,21 @@ class BatchNorm(StatefulLayer):
                 state = state.set(
                     self.batch_state_index,
                     (
-                        (m * running_mean + (1 - m) * mean).astype(running_mean.dtype),
-                        (m * running_var + (1 - m) * variance).astype(running_var.dtype),
+                        _blend(m, running_mean, mean).astype(running_mean.dtype),
+                        _blend(m, running_var, variance).astype(running_var.dtype),
                     ),
                 )
         broadcast = (-1,) + (1,) * (x.ndim - 1)
         # Divided by the square root, not multiplied by `rsqrt`: the two round differently,
         # and this is Equinox's order, so that float32 results agree with it to the bit.
-        y = (x - mean.reshape(broadcast)) / jnp.sqrt(variance.reshape(broadcast) + self.eps)
+        # The statistics and parameters may be in their stored dtype: each operation is in
+        # the common type of its operands, as standard promotion would give.
+        centred = _promoted(jnp.subtract, x, mean.reshape(broadcast))
+        y = _promoted(jnp.divide, centred, jnp.sqrt(variance.reshape(broadcast) + self.eps))
         if self.channelwise_affine:
-            y = y * self.weight.reshape(broadcast) + self.bias.reshape(broadcast)
+            y = _promoted(
+                jnp.add,
+                _promoted(jnp.multiply, y, self.weight.reshape(broadcast)),
+                self.bias.reshape(broadcast),
+            )
         return y.astype(dtype), state

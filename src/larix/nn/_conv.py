@@ -12,7 +12,16 @@ import jax
 import jax.numpy as jnp
 
 from .._module import Module, field
-from ._misc import check_size, fan_in_bound, ntuple, resolve_dtype, uniform
+from ._misc import (
+    Initializer,
+    cast_for_op,
+    check_size,
+    fan_in_bound,
+    init_param,
+    ntuple,
+    param_dtype_of,
+    uniform_init,
+)
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Float, PRNGKeyArray
@@ -98,6 +107,35 @@ def check_conv_args(layer: str, in_channels: int, out_channels: int, groups: int
         raise ValueError(f"{layer}: `padding_mode` must be one of {tuple(modes)}, got {padding_mode!r}.")
 
 
+def init_conv_params(
+    layer: Any,
+    dtype: Any,
+    param_dtype: Any,
+    weight_init: Initializer | None,
+    bias_init: Initializer | None,
+    key: Any,
+) -> None:
+    """Set the `weight`, `bias` and `dtype` of a Conv or ConvTranspose `layer` whose
+    sizes are already set. Equinox's default init to the bit: both uniform in
+    `[-1/sqrt(fan_in), 1/sqrt(fan_in))`, from the two halves of `key`."""
+    name = type(layer).__name__
+    stored = param_dtype_of(dtype, param_dtype)
+    weight_key, bias_key = jax.random.split(key)
+    in_per_group = layer.in_channels // layer.groups
+    default = uniform_init(fan_in_bound(in_per_group * math.prod(layer.kernel_size)))
+    weight_shape = (layer.out_channels, in_per_group, *layer.kernel_size)
+    # The bias is stored broadcastable over the spatial dimensions, and its initialiser
+    # is given that stored shape, so that what it returns is what is kept.
+    bias_shape = (layer.out_channels,) + (1,) * layer.num_spatial_dims
+    layer.weight = init_param(name, "weight_init", weight_init, default, weight_key, weight_shape, stored)
+    layer.bias = (
+        init_param(name, "bias_init", bias_init, default, bias_key, bias_shape, stored)
+        if layer.use_bias
+        else None
+    )
+    layer.dtype = dtype
+
+
 class Conv(Module):
     """An N-dimensional convolution (strictly, a cross-correlation, as in every deep
     learning library), on one example of shape `(in_channels, dim_1, ..., dim_N)`.
@@ -108,9 +146,9 @@ class Conv(Module):
     - `bias`: shape `(out_channels, 1, ..., 1)` (broadcasting over the spatial
       dimensions), or `None` if `use_bias=False`.
     - `num_spatial_dims`, `in_channels`, `out_channels`, `kernel_size`, `stride`,
-      `padding`, `dilation`, `groups`, `use_bias`, `padding_mode`: as passed to `__init__`
-      (static); `kernel_size`, `stride` and `dilation` as tuples, `padding` as a tuple of
-      `(before, after)` pairs or the string `"SAME"` / `"SAME_LOWER"`.
+      `padding`, `dilation`, `groups`, `use_bias`, `padding_mode`, `dtype`: as passed to
+      `__init__` (static); `kernel_size`, `stride` and `dilation` as tuples, `padding` as
+      a tuple of `(before, after)` pairs or the string `"SAME"` / `"SAME_LOWER"`.
 
     !!! example
         ```python
@@ -136,6 +174,7 @@ class Conv(Module):
     groups: int = field(static=True)
     use_bias: bool = field(static=True)
     padding_mode: str = field(static=True)
+    dtype: Any = field(static=True)
 
     def __init__(
         self,
@@ -151,6 +190,9 @@ class Conv(Module):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -167,14 +209,30 @@ class Conv(Module):
         - `use_bias`: whether to add a bias.
         - `padding_mode`: what the padding holds: `"ZEROS"`, `"REFLECT"`, `"REPLICATE"`
           or `"CIRCULAR"`.
-        - `dtype`: the dtype of the weight and bias (default `float32`, or `float64` in
-          64-bit mode).
+        - `dtype`: the computation dtype: the input, weight and bias are cast to it before
+          the convolution (if `None`, to their common type, so that a `float32` input into
+          a layer with `bfloat16` parameters computes in `float32`). Also the dtype the
+          parameters are stored in, unless `param_dtype` is given: as in Equinox, `dtype=`
+          alone builds the whole layer in that dtype.
+        - `param_dtype`: the dtype of the stored weight and bias (keyword-only). Defaults
+          to `dtype`, or to `float32` (`float64` when JAX runs in 64-bit mode). Flax's
+          mixed precision is `dtype=jnp.bfloat16, param_dtype=jnp.float32`.
+        - `weight_init`, `bias_init`: initialisers with the signature of
+          `jax.nn.initializers`, `init(key, shape, dtype) -> array` (keyword-only),
+          called with `param_dtype` and the shapes the parameters are stored in:
+          `(out_channels, in_channels // groups, *kernel_size)` for the weight and
+          `(out_channels, 1, ..., 1)` (one 1 per spatial dimension) for the bias, which
+          initialisers such as `jax.nn.initializers.zeros` or `normal` fill as they
+          would a vector. The weight's channel axes come first (not last, as in Flax): a
+          fan-based initialiser needs `in_axis=1, out_axis=0`, e.g.
+          `jax.nn.initializers.lecun_normal(in_axis=1, out_axis=0)`. By default both
+          draw uniformly from `[-1/sqrt(fan_in), 1/sqrt(fan_in))` with
+          `fan_in = in_channels // groups * prod(kernel_size)`, as Equinox and PyTorch
+          do, to the bit.
         - `key`: keyword-only; a `jax.random` key for the initialisation.
 
-        Weight and bias are drawn uniformly from `[-1/sqrt(fan_in), 1/sqrt(fan_in))` with
-        `fan_in = in_channels // groups * prod(kernel_size)`, as in Equinox and PyTorch.
-
-        **Raises:** `ValueError` for inconsistent sizes or unknown padding options.
+        **Raises:** `ValueError` for inconsistent sizes, unknown padding options, or an
+        initialiser that returns an array of another shape or dtype.
         """
         name = type(self).__name__
         check_size(name, "num_spatial_dims", num_spatial_dims)
@@ -190,11 +248,7 @@ class Conv(Module):
         self.groups = groups
         self.use_bias = use_bias
         self.padding_mode = padding_mode
-        dtype = resolve_dtype(dtype)
-        weight_key, bias_key = jax.random.split(key)
-        lim = fan_in_bound(in_channels // groups * math.prod(self.kernel_size))
-        self.weight = uniform(weight_key, (out_channels, in_channels // groups, *self.kernel_size), dtype, lim)
-        self.bias = uniform(bias_key, (out_channels,) + (1,) * n, dtype, lim) if use_bias else None
+        init_conv_params(self, dtype, param_dtype, weight_init, bias_init, key)
 
     def __call__(self, x: Float[Array, "in_channels ..."], *, key: PRNGKeyArray | None = None) -> Float[Array, "out_channels ..."]:
         """**Arguments:**
@@ -202,25 +256,28 @@ class Conv(Module):
         - `x`: an array of shape `(in_channels, dim_1, ..., dim_N)`.
         - `key`: ignored.
 
-        **Returns:** an array of shape `(out_channels, new_dim_1, ..., new_dim_N)`.
+        **Returns:** an array of shape `(out_channels, new_dim_1, ..., new_dim_N)`, of
+        dtype `dtype` (or the common type of `x` and the parameters).
 
         **Raises:** `ValueError` if `x` has the wrong number of dimensions or channels.
         """
         check_conv_input(self, x)
+        # lax.conv_general_dilated requires the input and the weight to share a dtype.
+        x, weight, bias = cast_for_op(self.dtype, x, self.weight, self.bias)
         padding = explicit_padding(self.padding, x.shape[1:], self.kernel_size, self.stride, self.dilation)
         if self.padding_mode != "ZEROS":
             x = jnp.pad(x, ((0, 0), *padding), mode=PAD_MODES[self.padding_mode])
             padding = ((0, 0),) * self.num_spatial_dims
         y = jax.lax.conv_general_dilated(
             x[None],
-            self.weight,
+            weight,
             window_strides=self.stride,
             padding=padding,
             rhs_dilation=self.dilation,
             feature_group_count=self.groups,
         )[0]
-        if self.bias is not None:
-            y = y + self.bias
+        if bias is not None:
+            y = y + bias
         return y
 
 
@@ -240,10 +297,29 @@ class Conv1d(Conv):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:** as [`larix.nn.Conv`][], without `num_spatial_dims`."""
-        super().__init__(1, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, use_bias, padding_mode, dtype, key=key)
+        super().__init__(
+            1,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+            param_dtype=param_dtype,
+            weight_init=weight_init,
+            bias_init=bias_init,
+            key=key,
+        )
 
 
 class Conv2d(Conv):
@@ -262,10 +338,29 @@ class Conv2d(Conv):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:** as [`larix.nn.Conv`][], without `num_spatial_dims`."""
-        super().__init__(2, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, use_bias, padding_mode, dtype, key=key)
+        super().__init__(
+            2,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+            param_dtype=param_dtype,
+            weight_init=weight_init,
+            bias_init=bias_init,
+            key=key,
+        )
 
 
 class Conv3d(Conv):
@@ -284,7 +379,26 @@ class Conv3d(Conv):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:** as [`larix.nn.Conv`][], without `num_spatial_dims`."""
-        super().__init__(3, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, use_bias, padding_mode, dtype, key=key)
+        super().__init__(
+            3,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+            param_dtype=param_dtype,
+            weight_init=weight_init,
+            bias_init=bias_init,
+            key=key,
+        )

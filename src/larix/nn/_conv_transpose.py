@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -12,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from .._module import Module, field
-from ._conv import Padding, check_conv_args, check_conv_input, parse_padding, same_padding
-from ._misc import check_size, fan_in_bound, ntuple, resolve_dtype, uniform
+from ._conv import Padding, check_conv_args, check_conv_input, init_conv_params, parse_padding, same_padding
+from ._misc import Initializer, cast_for_op, check_size, ntuple
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Float, PRNGKeyArray
@@ -45,7 +44,8 @@ class ConvTranspose(Module):
 
     - `weight`: shape `(out_channels, in_channels // groups, *kernel_size)`.
     - `bias`: shape `(out_channels, 1, ..., 1)`, or `None` if `use_bias=False`.
-    - the other arguments of `__init__`, as in [`larix.nn.Conv`][] (static).
+    - the other arguments of `__init__` but the initialisers, `param_dtype` and `key`,
+      as in [`larix.nn.Conv`][] (static), `dtype` included.
 
     To compute the exact linear transpose of a given `Conv` `conv`, set this layer's
     weight to `jnp.flip(conv.weight, axis=range(2, conv.weight.ndim)).swapaxes(0, 1)`.
@@ -73,6 +73,7 @@ class ConvTranspose(Module):
     groups: int = field(static=True)
     use_bias: bool = field(static=True)
     padding_mode: str = field(static=True)
+    dtype: Any = field(static=True)
 
     def __init__(
         self,
@@ -89,12 +90,22 @@ class ConvTranspose(Module):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
 
         - `num_spatial_dims`, `in_channels`, `out_channels`, `kernel_size`, `stride`,
-          `dilation`, `groups`, `use_bias`, `dtype`, `key`: as [`larix.nn.Conv`][].
+          `dilation`, `groups`, `use_bias`, `key`: as [`larix.nn.Conv`][].
+        - `dtype`, `param_dtype`, `weight_init`, `bias_init`: as [`larix.nn.Conv`][]:
+          `dtype` is the computation dtype (`None`: the common type of the input and the
+          parameters) and, unless `param_dtype` is given, the dtype of the parameters;
+          the initialisers get shapes `(out_channels, in_channels // groups,
+          *kernel_size)` and `(out_channels, 1, ..., 1)`. The default initialisation is
+          Equinox's: uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in))` with
+          `fan_in = in_channels // groups * prod(kernel_size)`.
         - `padding`: the padding of the equivalent `Conv` (same forms as there).
         - `output_padding`: an int or one int per dimension, each smaller than the stride
           or the dilation: added to the end of each spatial dimension of the output (with
@@ -102,7 +113,8 @@ class ConvTranspose(Module):
         - `padding_mode`: `"ZEROS"`, or `"CIRCULAR"` (then `padding` must be `"SAME"` or
           `"SAME_LOWER"` and `output_padding` zero) to transpose a circularly padded Conv.
 
-        **Raises:** `ValueError` for inconsistent sizes or unsupported padding options.
+        **Raises:** `ValueError` for inconsistent sizes, unsupported padding options, or
+        an initialiser that returns an array of another shape or dtype.
         """
         name = type(self).__name__
         check_size(name, "num_spatial_dims", num_spatial_dims)
@@ -131,11 +143,7 @@ class ConvTranspose(Module):
                 f"{name}: padding_mode='CIRCULAR' needs padding='SAME' or 'SAME_LOWER' and no "
                 "output_padding."
             )
-        dtype = resolve_dtype(dtype)
-        weight_key, bias_key = jax.random.split(key)
-        lim = fan_in_bound(in_channels // groups * math.prod(self.kernel_size))
-        self.weight = uniform(weight_key, (out_channels, in_channels // groups, *self.kernel_size), dtype, lim)
-        self.bias = uniform(bias_key, (out_channels,) + (1,) * n, dtype, lim) if use_bias else None
+        init_conv_params(self, dtype, param_dtype, weight_init, bias_init, key)
 
     def __call__(self, x: Float[Array, "in_channels ..."], *, key: PRNGKeyArray | None = None) -> Float[Array, "out_channels ..."]:
         """**Arguments:**
@@ -143,11 +151,14 @@ class ConvTranspose(Module):
         - `x`: an array of shape `(in_channels, dim_1, ..., dim_N)`.
         - `key`: ignored.
 
-        **Returns:** an array of shape `(out_channels, new_dim_1, ..., new_dim_N)`.
+        **Returns:** an array of shape `(out_channels, new_dim_1, ..., new_dim_N)`, of
+        dtype `dtype` (or the common type of `x` and the parameters).
 
         **Raises:** `ValueError` if `x` has the wrong number of dimensions or channels.
         """
         check_conv_input(self, x)
+        # lax.conv_general_dilated requires the input and the weight to share a dtype.
+        x, weight, bias = cast_for_op(self.dtype, x, self.weight, self.bias)
         circular = self.padding_mode == "CIRCULAR"
         pads, targets = [], []
         for size, k, s, d, o, i in zip(x.shape[1:], self.kernel_size, self.stride, self.dilation, self.output_padding, range(self.num_spatial_dims)):
@@ -168,7 +179,7 @@ class ConvTranspose(Module):
                 pads.append((before, target - (size - 1) * s - 1 - before + reach))
         y = jax.lax.conv_general_dilated(
             x[None],
-            self.weight,
+            weight,
             window_strides=(1,) * self.num_spatial_dims,
             padding=pads,
             lhs_dilation=self.stride,
@@ -178,8 +189,8 @@ class ConvTranspose(Module):
         if circular:
             for axis, (target, lo) in enumerate(targets, start=1):
                 y = _fold_circular(y, axis, lo, target)
-        if self.bias is not None:
-            y = y + self.bias
+        if bias is not None:
+            y = y + bias
         return y
 
 
@@ -200,11 +211,31 @@ class ConvTranspose1d(ConvTranspose):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:** as [`larix.nn.ConvTranspose`][], without `num_spatial_dims`.
         Note the order: `output_padding` comes before `padding` here, as in Equinox."""
-        super().__init__(1, in_channels, out_channels, kernel_size, stride, padding, output_padding, dilation, groups, use_bias, padding_mode, dtype, key=key)
+        super().__init__(
+            1,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+            param_dtype=param_dtype,
+            weight_init=weight_init,
+            bias_init=bias_init,
+            key=key,
+        )
 
 
 class ConvTranspose2d(ConvTranspose):
@@ -224,11 +255,31 @@ class ConvTranspose2d(ConvTranspose):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:** as [`larix.nn.ConvTranspose`][], without `num_spatial_dims`.
         Note the order: `output_padding` comes before `padding` here, as in Equinox."""
-        super().__init__(2, in_channels, out_channels, kernel_size, stride, padding, output_padding, dilation, groups, use_bias, padding_mode, dtype, key=key)
+        super().__init__(
+            2,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+            param_dtype=param_dtype,
+            weight_init=weight_init,
+            bias_init=bias_init,
+            key=key,
+        )
 
 
 class ConvTranspose3d(ConvTranspose):
@@ -248,8 +299,28 @@ class ConvTranspose3d(ConvTranspose):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:** as [`larix.nn.ConvTranspose`][], without `num_spatial_dims`.
         Note the order: `output_padding` comes before `padding` here, as in Equinox."""
-        super().__init__(3, in_channels, out_channels, kernel_size, stride, padding, output_padding, dilation, groups, use_bias, padding_mode, dtype, key=key)
+        super().__init__(
+            3,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+            param_dtype=param_dtype,
+            weight_init=weight_init,
+            bias_init=bias_init,
+            key=key,
+        )

@@ -5,14 +5,22 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 
 from .._module import Module, field
-from ._misc import fan_in_bound, resolve_dtype, shape_error, uniform
+from ._misc import (
+    Initializer,
+    cast_for_op,
+    fan_in_bound,
+    init_param,
+    param_dtype_of,
+    shape_error,
+    uniform_init,
+)
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Float, PRNGKeyArray
@@ -20,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["DenseGeneral"]
 
 _LAYER = "DenseGeneral"
-Initializer = Callable[[Any, tuple[int, ...], Any], Any]
 
 
 def _sizes(name: str, value: Any, *, allow_none: bool, minimum: int) -> tuple[Any, ...]:
@@ -67,25 +74,6 @@ def _axes(name: str, value: Any, in_shape: tuple[Any, ...]) -> tuple[int, ...]:
             )
         normalised.append(n)
     return tuple(normalised)
-
-
-def _default_init(lim: float) -> Initializer:
-    # Equinox's and PyTorch's rule, as for Linear: uniform in [-lim, lim).
-    def init(key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
-        return uniform(key, shape, dtype, lim)
-
-    return init
-
-
-def _initialise(name: str, init: Initializer, key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
-    value = init(key, shape, dtype)
-    if jnp.shape(value) != shape or jnp.result_type(value) != jnp.dtype(dtype):
-        raise ValueError(
-            f"{_LAYER}: `{name}` must return an array of the shape and dtype it is given, as "
-            f"jax.nn.initializers do: asked for {jnp.dtype(dtype).name}{list(shape)}, it returned "
-            f"{jnp.result_type(value).name}{list(jnp.shape(value))}."
-        )
-    return value
 
 
 class DenseGeneral(Module):
@@ -170,8 +158,10 @@ class DenseGeneral(Module):
           before the product. If `None`, they are cast to their common type (JAX's
           standard promotion, applied explicitly, so that it also works under
           `jax_numpy_dtype_promotion="strict"`).
-        - `param_dtype`: the dtype of the stored kernel and bias. Defaults to `float32`,
-          or `float64` when JAX runs in 64-bit mode.
+        - `param_dtype`: the dtype of the stored kernel and bias. Defaults to `dtype`, as
+          for every larix layer (Equinox's `dtype=` builds a layer in that dtype), or to
+          `float32` (`float64` when JAX runs in 64-bit mode). Flax's mixed precision is
+          `dtype=jnp.bfloat16, param_dtype=jnp.float32`.
         - `kernel_init`, `bias_init`: initialisers with the signature of
           `jax.nn.initializers`, `init(key, shape, dtype) -> array`, called with the
           shapes above. By default both are uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in))`
@@ -207,16 +197,16 @@ class DenseGeneral(Module):
                 )
         batch_shape = tuple(in_shape[a] for a in batch_dims)
         contracted_shape = tuple(in_shape[a] for a in axis)
-        param_dtype = resolve_dtype(param_dtype)
+        stored = param_dtype_of(dtype, param_dtype)
         fan_in = math.prod(contracted_shape)
         # No inputs (a zero-sized contracted axis): only the bias matters, drawn from
         # [-1, 1) as Linear(0, n) does.
-        lim = fan_in_bound(fan_in) if fan_in > 0 else 1.0
+        default = uniform_init(fan_in_bound(fan_in) if fan_in > 0 else 1.0)
         kernel_key, bias_key = jax.random.split(key)
         kernel_shape = batch_shape + contracted_shape + features
-        self.kernel = _initialise("kernel_init", kernel_init or _default_init(lim), kernel_key, kernel_shape, param_dtype)
+        self.kernel = init_param(_LAYER, "kernel_init", kernel_init, default, kernel_key, kernel_shape, stored)
         if use_bias:
-            self.bias = _initialise("bias_init", bias_init or _default_init(lim), bias_key, batch_shape + features, param_dtype)
+            self.bias = init_param(_LAYER, "bias_init", bias_init, default, bias_key, batch_shape + features, stored)
         else:
             self.bias = None
         self.in_shape = in_shape
@@ -245,21 +235,13 @@ class DenseGeneral(Module):
             if all(s is not None for s in self.in_shape):
                 expected = self.in_shape  # lets shape_error suggest vmap for a batch
             raise shape_error(f"{_LAYER}(in_shape={self.in_shape}, ...)", expected, shape)
-        params = (self.kernel,) if self.bias is None else (self.kernel, self.bias)
-        dtype = self.dtype
-        if dtype is None:
-            # Explicit promotion: under JAX's strict mode the implicit one would raise.
-            with jax.numpy_dtype_promotion("standard"):
-                dtype = jnp.result_type(x, *params)
-        x = jnp.asarray(x, dtype)
-        kernel = self.kernel.astype(dtype)
+        x, kernel, bias = cast_for_op(self.dtype, x, self.kernel, self.bias)
         n_batch, n_contract = len(self.batch_dims), len(self.axis)
         kernel_batch = tuple(range(n_batch))
         kernel_contract = tuple(range(n_batch, n_batch + n_contract))
         y = jax.lax.dot_general(x, kernel, ((self.axis, kernel_contract), (self.batch_dims, kernel_batch)))
-        if self.bias is not None:
+        if bias is not None:
             n_remaining = len(shape) - n_batch - n_contract
-            batch_shape = self.bias.shape[:n_batch]
-            bias = self.bias.astype(dtype).reshape(batch_shape + (1,) * n_remaining + self.features)
-            y = y + bias
+            batch_shape = bias.shape[:n_batch]
+            y = y + bias.reshape(batch_shape + (1,) * n_remaining + self.features)
         return y

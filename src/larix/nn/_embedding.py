@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from .._module import Module, field
-from ._misc import check_size, default_floating_dtype, resolve_dtype
+from ._misc import Initializer, check_size, default_floating_dtype, init_param, param_dtype_of
 
 if TYPE_CHECKING:
     from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
@@ -26,6 +26,7 @@ class Embedding(Module):
     - `weight`: the table, of shape `(num_embeddings, embedding_size)`; initialised from a
       standard normal distribution.
     - `num_embeddings`, `embedding_size`: the table's shape (static).
+    - `dtype`: as passed to `__init__` (static).
 
     !!! example
         ```python
@@ -39,9 +40,11 @@ class Embedding(Module):
         ```
     """
 
+    # The field order is Equinox's (the table after the sizes), so that the leaves line up.
     num_embeddings: int = field(static=True)
     embedding_size: int = field(static=True)
     weight: Float[Array, "num_embeddings embedding_size"]
+    dtype: Any = field(static=True)
 
     def __init__(
         self,
@@ -50,6 +53,8 @@ class Embedding(Module):
         weight: Float[Array, "num_embeddings embedding_size"] | None = None,
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
         key: PRNGKeyArray | None = None,
     ):
         """Give either `num_embeddings`, `embedding_size` and `key`, or `weight`.
@@ -59,23 +64,58 @@ class Embedding(Module):
         - `num_embeddings`: the number of rows of the table.
         - `embedding_size`: the size of each embedding vector.
         - `weight`: alternatively, the table itself, of shape
-          `(num_embeddings, embedding_size)`.
-        - `dtype`: the dtype of a new table (default `float32`, or `float64` in 64-bit
-          mode).
-        - `key`: keyword-only; a `jax.random` key to initialise a new table.
+          `(num_embeddings, embedding_size)`, stored as given.
+        - `dtype`: the dtype of the returned embeddings: the row looked up is cast to it
+          (if `None`, it keeps the table's dtype). Also the dtype a new table is stored
+          in, unless `param_dtype` is given: as in Equinox, `dtype=` alone builds the
+          table in that dtype.
+        - `param_dtype`: the dtype of a new table (keyword-only). Defaults to `dtype`, or
+          to `float32` (`float64` when JAX runs in 64-bit mode). Flax's mixed precision
+          is `dtype=jnp.bfloat16, param_dtype=jnp.float32`.
+        - `weight_init`: an initialiser with the signature of `jax.nn.initializers`,
+          `init(key, shape, dtype) -> array` (keyword-only), called with shape
+          `(num_embeddings, embedding_size)` and `param_dtype`. By default the table is
+          drawn from a standard normal distribution (`jax.random.normal`), as in
+          Equinox, to the bit.
+        - `key`: keyword-only; a `jax.random` key to initialise a new table. It may be
+          left out only for a `weight_init` that draws no random numbers.
 
-        **Raises:** `ValueError` if the arguments do not determine the table.
+        **Raises:** `ValueError` if the arguments do not determine the table, if
+        `param_dtype` or `weight_init` is given together with `weight`, or if
+        `weight_init` returns an array of another shape or dtype; `TypeError` if
+        `weight_init` fails without a `key`.
         """
         if weight is None:
-            if num_embeddings is None or embedding_size is None or key is None:
+            if num_embeddings is None or embedding_size is None or (key is None and weight_init is None):
                 raise ValueError(
                     "Embedding needs either `num_embeddings`, `embedding_size` and `key=` (to "
                     "initialise a new table), or `weight=` (an existing table)."
                 )
             check_size("Embedding", "num_embeddings", num_embeddings, minimum=0)
             check_size("Embedding", "embedding_size", embedding_size, minimum=0)
-            weight = jax.random.normal(key, (num_embeddings, embedding_size), resolve_dtype(dtype))
+            weight = init_param(
+                "Embedding",
+                "weight_init",
+                weight_init,
+                jax.random.normal,
+                key,
+                (num_embeddings, embedding_size),
+                param_dtype_of(dtype, param_dtype),
+            )
         else:
+            if param_dtype is not None or weight_init is not None:
+                given = [
+                    f"`{name}`"
+                    for name, value in (("param_dtype", param_dtype), ("weight_init", weight_init))
+                    if value is not None
+                ]
+                they = "it only applies" if len(given) == 1 else "they only apply"
+                raise ValueError(
+                    f"Embedding: {' and '.join(given)} cannot be given with `weight=`: {they} to a "
+                    "new table, and `weight=` is the table itself, stored as it is. Build the "
+                    "table in the dtype you want before passing it, or pass `num_embeddings`, "
+                    "`embedding_size` and `key=` instead of `weight=`."
+                )
             shape = jnp.shape(weight)
             if len(shape) != 2 or (num_embeddings, embedding_size) not in (
                 (None, None),
@@ -92,14 +132,18 @@ class Embedding(Module):
         self.num_embeddings = num_embeddings
         self.embedding_size = embedding_size
         self.weight = weight
+        self.dtype = dtype
 
-    def __call__(self, x: Int[ArrayLike, ""], *, key: PRNGKeyArray | None = None) -> Float[Array, " embedding_size"]:
+    def __call__(
+        self, x: Int[ArrayLike, ""], *, key: PRNGKeyArray | None = None
+    ) -> Float[Array, " embedding_size"]:
         """**Arguments:**
 
         - `x`: the index, a scalar integer.
         - `key`: ignored.
 
-        **Returns:** the embedding, an array of shape `(embedding_size,)`.
+        **Returns:** the embedding, an array of shape `(embedding_size,)`, of dtype
+        `dtype` (or the table's dtype).
 
         **Raises:** `ValueError` if `x` is not a scalar; `TypeError` if it is not an
         integer.
@@ -111,7 +155,9 @@ class Embedding(Module):
             )
         if not jnp.issubdtype(jnp.result_type(x), jnp.integer):
             raise TypeError(f"Embedding: the index must be an integer, got dtype {jnp.result_type(x)}.")
-        return self.weight[x]
+        # Only the row is cast, not the whole table: the same values, one row's work.
+        row = self.weight[x]
+        return row if self.dtype is None else row.astype(self.dtype)
 
 
 class RotaryPositionalEmbedding(Module):

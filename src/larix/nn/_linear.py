@@ -10,7 +10,16 @@ import jax
 import jax.numpy as jnp
 
 from .._module import Module, field
-from ._misc import check_size, fan_in_bound, resolve_dtype, shape_error, uniform
+from ._misc import (
+    Initializer,
+    cast_for_op,
+    check_size,
+    fan_in_bound,
+    init_param,
+    param_dtype_of,
+    shape_error,
+    uniform_init,
+)
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Float, PRNGKeyArray
@@ -25,7 +34,8 @@ class Linear(Module):
 
     - `weight`: the matrix, of shape `(out_features, in_features)`.
     - `bias`: the offset, of shape `(out_features,)`, or `None` if `use_bias=False`.
-    - `in_features`, `out_features`, `use_bias`: as passed to `__init__` (static).
+    - `in_features`, `out_features`, `use_bias`, `dtype`: as passed to `__init__`
+      (static).
 
     !!! example
         ```python
@@ -33,7 +43,12 @@ class Linear(Module):
         >>> linear = larix.nn.Linear(3, 2, key=jax.random.key(0))
         >>> linear
         Linear(
-          weight=f32[2,3], bias=f32[2], in_features=3, out_features=2, use_bias=True
+          weight=f32[2,3],
+          bias=f32[2],
+          in_features=3,
+          out_features=2,
+          use_bias=True,
+          dtype=None
         )
         >>> linear(jnp.ones(3)).shape
         (2,)
@@ -48,6 +63,7 @@ class Linear(Module):
     in_features: int | Literal["scalar"] = field(static=True)
     out_features: int | Literal["scalar"] = field(static=True)
     use_bias: bool = field(static=True)
+    dtype: Any = field(static=True)
 
     def __init__(
         self,
@@ -56,6 +72,9 @@ class Linear(Module):
         use_bias: bool = True,
         dtype: Any = None,
         *,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -65,30 +84,46 @@ class Linear(Module):
         - `out_features`: the output size; the output is a vector of shape
           `(out_features,)`, or of shape `()` for `"scalar"`.
         - `use_bias`: whether to add a bias.
-        - `dtype`: the dtype of the weight and bias. Defaults to `float32`, or `float64`
-          when JAX runs in 64-bit mode.
+        - `dtype`: the computation dtype: the input, weight and bias are cast to it before
+          the product (if `None`, to their common type). Also the dtype the parameters
+          are stored in, unless `param_dtype` is given: as in Equinox, `dtype=` alone
+          builds the whole layer in that dtype.
+        - `param_dtype`: the dtype of the stored weight and bias (keyword-only). Defaults
+          to `dtype`, or to `float32` (`float64` when JAX runs in 64-bit mode). Flax's
+          mixed precision is `dtype=jnp.bfloat16, param_dtype=jnp.float32`.
+        - `weight_init`, `bias_init`: initialisers with the signature of
+          `jax.nn.initializers`, `init(key, shape, dtype) -> array` (keyword-only),
+          called with shapes `(out_features, in_features)` and `(out_features,)` and
+          `param_dtype`. By default both draw uniformly from
+          `[-1/sqrt(in_features), 1/sqrt(in_features))`, as Equinox and PyTorch do, to
+          the bit (from `[-1, 1)` if `in_features=0`).
         - `key`: a `jax.random` key for the initialisation (keyword-only).
 
-        Weight and bias are drawn uniformly from `[-1/sqrt(in_features), 1/sqrt(in_features))`,
-        as in Equinox and PyTorch (from `[-1, 1)` if `in_features=0`). Either size may be
-        zero: with `in_features=0` the output is the bias; with `out_features=0` it is empty.
+        Either size may be zero: with `in_features=0` the output is the bias; with
+        `out_features=0` it is empty.
+
+        **Raises:** `ValueError` for a negative or non-integer size, or an initialiser
+        that returns an array of another shape or dtype.
         """
         if in_features != "scalar":
             check_size("Linear", "in_features", in_features, minimum=0)
         if out_features != "scalar":
             check_size("Linear", "out_features", out_features, minimum=0)
-        dtype = resolve_dtype(dtype)
+        stored = param_dtype_of(dtype, param_dtype)
         num_in = 1 if in_features == "scalar" else in_features
         num_out = 1 if out_features == "scalar" else out_features
         weight_key, bias_key = jax.random.split(key)
         # No inputs: the weight is empty and the bound only matters for the bias, drawn
         # from [-1, 1) as in Equinox.
-        lim = fan_in_bound(num_in) if num_in > 0 else 1.0
-        self.weight = uniform(weight_key, (num_out, num_in), dtype, lim)
-        self.bias = uniform(bias_key, (num_out,), dtype, lim) if use_bias else None
+        default = uniform_init(fan_in_bound(num_in) if num_in > 0 else 1.0)
+        self.weight = init_param("Linear", "weight_init", weight_init, default, weight_key, (num_out, num_in), stored)
+        self.bias = (
+            init_param("Linear", "bias_init", bias_init, default, bias_key, (num_out,), stored) if use_bias else None
+        )
         self.in_features = in_features
         self.out_features = out_features
         self.use_bias = use_bias
+        self.dtype = dtype
 
     def __call__(self, x: Float[Array, " in_features"], *, key: PRNGKeyArray | None = None) -> Float[Array, " out_features"]:
         """**Arguments:**
@@ -97,7 +132,8 @@ class Linear(Module):
         - `key`: ignored; accepted so that all layers can be called alike.
 
         **Returns:** an array of shape `(out_features,)` (shape `()` if
-        `out_features="scalar"`).
+        `out_features="scalar"`), of dtype `dtype` (or the common type of `x` and the
+        parameters).
 
         **Raises:** `ValueError` if `x` has another shape.
         """
@@ -107,9 +143,10 @@ class Linear(Module):
             raise shape_error(f"Linear(in_features={self.in_features!r}, ...)", expected, jnp.shape(x))
         if scalar_in:
             x = jnp.reshape(x, (1,))
-        y = self.weight @ x
-        if self.bias is not None:
-            y = y + self.bias
+        x, weight, bias = cast_for_op(self.dtype, x, self.weight, self.bias)
+        y = weight @ x
+        if bias is not None:
+            y = y + bias
         if self.out_features == "scalar":
             y = y[0]
         return y

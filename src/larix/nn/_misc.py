@@ -6,7 +6,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -14,17 +14,25 @@ import jax.numpy as jnp
 
 __all__ = [
     "NO_STATE",
+    "Initializer",
     "at_least_float32",
+    "cast_for_op",
     "check_size",
     "default_floating_dtype",
     "deprecated_deterministic",
     "fan_in_bound",
+    "init_param",
     "ntuple",
+    "param_dtype_of",
     "resolve_dtype",
     "shape_error",
     "uniform",
+    "uniform_init",
     "warn_at_caller",
 ]
+
+Initializer = Callable[[Any, tuple[int, ...], Any], Any]
+"""The signature of `jax.nn.initializers`: `init(key, shape, dtype) -> array`."""
 
 _LARIX_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
@@ -36,6 +44,63 @@ def default_floating_dtype() -> Any:
 
 def resolve_dtype(dtype: Any) -> Any:
     return default_floating_dtype() if dtype is None else dtype
+
+
+def param_dtype_of(dtype: Any, param_dtype: Any) -> Any:
+    """The dtype to store a layer's parameters in: `param_dtype`, else `dtype` (Equinox's
+    single `dtype=` builds the whole layer in that dtype), else the default float."""
+    return resolve_dtype(dtype if param_dtype is None else param_dtype)
+
+
+def cast_for_op(dtype: Any, *arrays: Any) -> tuple[Any, ...]:
+    """`arrays` (`None`s pass through) cast to the computation dtype: `dtype`, or when it
+    is `None` their common type.
+
+    The common type is asked for under standard promotion and then applied explicitly, so
+    that a layer given mixed dtypes computes the same under `jax_numpy_dtype_promotion=
+    "strict"`, where the implicit promotion of `x @ weight` would raise. Casting an array
+    to its own dtype adds nothing to the jaxpr, so the all-float32 path is unchanged.
+    """
+    if dtype is None:
+        with jax.numpy_dtype_promotion("standard"):
+            dtype = jnp.result_type(*(a for a in arrays if a is not None))
+    return tuple(None if a is None else jnp.asarray(a, dtype) for a in arrays)
+
+
+def uniform_init(lim: float) -> Initializer:
+    """Equinox's (and PyTorch's) default for Linear, Conv and the RNN cells, as an
+    initialiser: uniform in `[-lim, lim)`. Not `jax.nn.initializers.variance_scaling`,
+    whose uniform draws `[-1, 1) * lim`: the same distribution, other bits."""
+
+    def init(key: Any, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return uniform(key, shape, dtype, lim)
+
+    return init
+
+
+def init_param(
+    layer: str, name: str, init: Initializer | None, default: Initializer, key: Any, shape: tuple[int, ...], dtype: Any
+) -> jax.Array:
+    """`init(key, shape, dtype)` (or `default(...)` if `init` is None), checked to give an
+    array of that shape and dtype. `name` is the argument that passed `init`."""
+    try:
+        value = (default if init is None else init)(key, shape, dtype)
+    except Exception as error:
+        if key is None and init is not None:
+            raise TypeError(
+                f"{layer}: `{name}` failed when called without a random key ({error}); an "
+                f"initialiser that draws random numbers needs one: pass `key=` to {layer}."
+            ) from error
+        raise
+    got_shape, got_dtype = jnp.shape(value), jnp.result_type(value)
+    # Canonical: without x64, asking for float64 gives float32 (JAX warns), which is right.
+    if got_shape != tuple(shape) or got_dtype != jax.dtypes.canonicalize_dtype(dtype):
+        raise ValueError(
+            f"{layer}: `{name}` must return an array of the shape and dtype it is given, as "
+            f"jax.nn.initializers do: asked for {jnp.dtype(dtype).name}{list(shape)}, it "
+            f"returned {got_dtype.name}{list(got_shape)}."
+        )
+    return jnp.asarray(value)
 
 
 def warn_at_caller(message: str) -> None:

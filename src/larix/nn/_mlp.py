@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,7 +17,7 @@ from .._module import Module, field
 from .._partition import combine, partition
 from .._vmap import filter_vmap
 from ._linear import Linear
-from ._misc import check_size
+from ._misc import Initializer, check_size
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Float, PRNGKeyArray
@@ -100,6 +101,9 @@ class MLP(Module):
         dtype: Any = None,
         *,
         scan: bool = False,
+        param_dtype: Any = None,
+        weight_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         key: PRNGKeyArray,
     ):
         """**Arguments:**
@@ -112,23 +116,30 @@ class MLP(Module):
         - `final_activation`: applied after the output layer. Defaults to the identity.
         - `use_bias`: whether the hidden layers have biases.
         - `use_final_bias`: whether the output layer has a bias.
-        - `dtype`: the dtype of all weights and biases (default `float32`, or `float64`
-          in 64-bit mode).
+        - `dtype`: the computation dtype of every layer, and the dtype of all weights and
+          biases unless `param_dtype` is given (default `float32`, or `float64` in 64-bit
+          mode). See [`larix.nn.Linear`][] for the rule.
         - `scan`: keyword-only; apply the middle layers with `jax.lax.scan`, so that
           compile time does not grow with `depth`.
+        - `param_dtype`, `weight_init`, `bias_init`: keyword-only; passed to every
+          [`larix.nn.Linear`][] layer (the initialisers are called once per layer, with
+          that layer's shapes).
         - `key`: keyword-only; a `jax.random` key for the initialisation.
         """
         check_size("MLP", "width_size", width_size)
         check_size("MLP", "depth", depth, minimum=0)
         keys = jax.random.split(key, depth + 1)
+        linear = functools.partial(
+            Linear, dtype=dtype, param_dtype=param_dtype, weight_init=weight_init, bias_init=bias_init
+        )
 
         def hidden(k: Any) -> Linear:
-            return Linear(width_size, width_size, use_bias, dtype, key=k)
+            return linear(width_size, width_size, use_bias, key=k)
 
         if depth == 0:
-            layers = [Linear(in_size, out_size, use_final_bias, dtype, key=keys[0])]
+            layers = [linear(in_size, out_size, use_final_bias, key=keys[0])]
         else:
-            layers = [Linear(in_size, width_size, use_bias, dtype, key=keys[0])]
+            layers = [linear(in_size, width_size, use_bias, key=keys[0])]
             if scan:
                 # One Linear whose arrays have a leading axis of size depth - 1 (zero when
                 # depth == 1, as in Equinox, so that the structure does not depend on
@@ -136,7 +147,7 @@ class MLP(Module):
                 layers.append(jax.vmap(hidden)(keys[1:depth]))
             else:
                 layers += [hidden(k) for k in keys[1:depth]]
-            layers.append(Linear(width_size, out_size, use_final_bias, dtype, key=keys[depth]))
+            layers.append(linear(width_size, out_size, use_final_bias, key=keys[depth]))
         self.layers = tuple(layers)
         self.activation = _per_neuron(activation, (depth, width_size))
         self.final_activation = (

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from .._module import Module, field
-from ._misc import check_size, resolve_dtype, shape_error, uniform
+from ._misc import Initializer, cast_for_op, check_size, init_param, param_dtype_of, shape_error, uniform_init
 
 if TYPE_CHECKING:
     from jaxtyping import Array, Float, PRNGKeyArray
@@ -28,6 +28,12 @@ def _check(layer: Any, x: Any, hidden: Any) -> None:
             raise shape_error(name, (layer.hidden_size,), jnp.shape(h), "hidden")
 
 
+def _default_init(hidden_size: int) -> Initializer:
+    # Equinox's bound: sqrt(1 / n), which can differ from 1 / sqrt(n) in the last bit
+    # (float64).
+    return uniform_init(math.sqrt(1 / hidden_size))
+
+
 class GRUCell(Module):
     """One step of a gated recurrent unit (GRU): `(input, hidden) -> new hidden`.
 
@@ -42,7 +48,7 @@ class GRUCell(Module):
     - `weight_hh`: shape `(3 * hidden_size, hidden_size)`.
     - `bias`: shape `(3 * hidden_size,)`, or `None` if `use_bias=False`.
     - `bias_n`: shape `(hidden_size,)`, the bias inside the reset gate; or `None`.
-    - `input_size`, `hidden_size`, `use_bias`: as passed to `__init__` (static).
+    - `input_size`, `hidden_size`, `use_bias`, `dtype`: as passed to `__init__` (static).
 
     !!! example
         ```python
@@ -64,31 +70,83 @@ class GRUCell(Module):
     input_size: int = field(static=True)
     hidden_size: int = field(static=True)
     use_bias: bool = field(static=True)
+    dtype: Any = field(static=True)
 
-    def __init__(self, input_size: int, hidden_size: int, use_bias: bool = True, dtype: Any = None, *, key: PRNGKeyArray):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        use_bias: bool = True,
+        dtype: Any = None,
+        *,
+        param_dtype: Any = None,
+        weight_ih_init: Initializer | None = None,
+        weight_hh_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        key: PRNGKeyArray,
+    ):
         """**Arguments:**
 
         - `input_size`: the size of each input vector.
         - `hidden_size`: the size of the hidden state.
         - `use_bias`: whether to add biases.
-        - `dtype`: the dtype of the parameters (default `float32`, or `float64` in 64-bit
-          mode).
+        - `dtype`: the computation dtype: the input, the hidden state and the parameters
+          are cast to it before the gates (if `None`, to their common type), and the new
+          hidden state has it. Also the dtype the parameters are stored in, unless
+          `param_dtype` is given: as in Equinox, `dtype=` alone builds the whole cell in
+          that dtype.
+        - `param_dtype`: the dtype of the stored weights and biases (keyword-only).
+          Defaults to `dtype`, or to `float32` (`float64` when JAX runs in 64-bit mode).
+          Flax's mixed precision is `dtype=jnp.bfloat16, param_dtype=jnp.float32`.
+        - `weight_ih_init`, `weight_hh_init`, `bias_init`: initialisers with the signature
+          of `jax.nn.initializers`, `init(key, shape, dtype) -> array` (keyword-only),
+          called with `param_dtype` and the shapes `(3 * hidden_size, input_size)`,
+          `(3 * hidden_size, hidden_size)` and, for `bias_init`, both biases:
+          `(3 * hidden_size,)` for `bias` and `(hidden_size,)` for `bias_n`, each with
+          its own key. By default all draw uniformly from
+          `[-1/sqrt(hidden_size), 1/sqrt(hidden_size))`, as Equinox and PyTorch do, to
+          the bit.
         - `key`: keyword-only; a `jax.random` key for the initialisation.
 
-        All parameters are drawn uniformly from `[-1/sqrt(hidden_size), 1/sqrt(hidden_size))`.
+        **Raises:** `ValueError` for a size that is not a positive int, or an initialiser
+        that returns an array of another shape or dtype.
         """
         check_size("GRUCell", "input_size", input_size)
         check_size("GRUCell", "hidden_size", hidden_size)
-        dtype = resolve_dtype(dtype)
+        stored = param_dtype_of(dtype, param_dtype)
         ih_key, hh_key, bias_key, bias_n_key = jax.random.split(key, 4)
-        lim = math.sqrt(1 / hidden_size)  # as Equinox; 1 / sqrt(n) can differ in the last bit (float64)
-        self.weight_ih = uniform(ih_key, (3 * hidden_size, input_size), dtype, lim)
-        self.weight_hh = uniform(hh_key, (3 * hidden_size, hidden_size), dtype, lim)
-        self.bias = uniform(bias_key, (3 * hidden_size,), dtype, lim) if use_bias else None
-        self.bias_n = uniform(bias_n_key, (hidden_size,), dtype, lim) if use_bias else None
+        default = _default_init(hidden_size)
+        self.weight_ih = init_param(
+            "GRUCell",
+            "weight_ih_init",
+            weight_ih_init,
+            default,
+            ih_key,
+            (3 * hidden_size, input_size),
+            stored,
+        )
+        self.weight_hh = init_param(
+            "GRUCell",
+            "weight_hh_init",
+            weight_hh_init,
+            default,
+            hh_key,
+            (3 * hidden_size, hidden_size),
+            stored,
+        )
+        if use_bias:
+            self.bias = init_param(
+                "GRUCell", "bias_init", bias_init, default, bias_key, (3 * hidden_size,), stored
+            )
+            self.bias_n = init_param(
+                "GRUCell", "bias_init", bias_init, default, bias_n_key, (hidden_size,), stored
+            )
+        else:
+            self.bias = self.bias_n = None
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.use_bias = use_bias
+        self.dtype = dtype
 
     def __call__(
         self,
@@ -103,19 +161,26 @@ class GRUCell(Module):
         - `hidden`: the hidden state, of shape `(hidden_size,)`.
         - `key`: ignored.
 
-        **Returns:** the new hidden state, of shape `(hidden_size,)`.
+        **Returns:** the new hidden state, of shape `(hidden_size,)` and of dtype `dtype`
+        (or the common type of the input, the hidden state and the parameters). Under
+        `jax.lax.scan`, start from a hidden state of that dtype.
+
+        **Raises:** `ValueError` if `input` or `hidden` has another shape.
         """
         _check(self, input, (hidden,))
-        input_gates = self.weight_ih @ input
-        if self.bias is not None:
-            input_gates = input_gates + self.bias
-        hidden_gates = self.weight_hh @ hidden
+        x, hidden, weight_ih, weight_hh, bias, bias_n = cast_for_op(
+            self.dtype, input, hidden, self.weight_ih, self.weight_hh, self.bias, self.bias_n
+        )
+        input_gates = weight_ih @ x
+        if bias is not None:
+            input_gates = input_gates + bias
+        hidden_gates = weight_hh @ hidden
         input_r, input_z, input_n = jnp.split(input_gates, 3)
         hidden_r, hidden_z, hidden_n = jnp.split(hidden_gates, 3)
         reset = jax.nn.sigmoid(input_r + hidden_r)
         update = jax.nn.sigmoid(input_z + hidden_z)
-        if self.bias_n is not None:
-            hidden_n = hidden_n + self.bias_n
+        if bias_n is not None:
+            hidden_n = hidden_n + bias_n
         new = jnp.tanh(input_n + reset * hidden_n)
         # `(1 - z) * new + z * h`, written with one fewer rounding (and as Equinox writes
         # it, so that results agree to the bit).
@@ -133,7 +198,7 @@ class LSTMCell(Module):
     - `weight_ih`: shape `(4 * hidden_size, input_size)`.
     - `weight_hh`: shape `(4 * hidden_size, hidden_size)`.
     - `bias`: shape `(4 * hidden_size,)`, or `None` if `use_bias=False`.
-    - `input_size`, `hidden_size`, `use_bias`: as passed to `__init__` (static).
+    - `input_size`, `hidden_size`, `use_bias`, `dtype`: as passed to `__init__` (static).
 
     !!! example
         ```python
@@ -152,30 +217,77 @@ class LSTMCell(Module):
     input_size: int = field(static=True)
     hidden_size: int = field(static=True)
     use_bias: bool = field(static=True)
+    dtype: Any = field(static=True)
 
-    def __init__(self, input_size: int, hidden_size: int, use_bias: bool = True, dtype: Any = None, *, key: PRNGKeyArray):
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        use_bias: bool = True,
+        dtype: Any = None,
+        *,
+        param_dtype: Any = None,
+        weight_ih_init: Initializer | None = None,
+        weight_hh_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        key: PRNGKeyArray,
+    ):
         """**Arguments:**
 
         - `input_size`: the size of each input vector.
         - `hidden_size`: the size of the hidden and cell states.
         - `use_bias`: whether to add a bias.
-        - `dtype`: the dtype of the parameters (default `float32`, or `float64` in 64-bit
-          mode).
+        - `dtype`: the computation dtype: the input, the hidden and cell states and the
+          parameters are cast to it before the gates (if `None`, to their common type),
+          and the new states have it. Also the dtype the parameters are stored in,
+          unless `param_dtype` is given: as in Equinox, `dtype=` alone builds the whole
+          cell in that dtype.
+        - `param_dtype`: the dtype of the stored weights and bias (keyword-only). Defaults
+          to `dtype`, or to `float32` (`float64` when JAX runs in 64-bit mode). Flax's
+          mixed precision is `dtype=jnp.bfloat16, param_dtype=jnp.float32`.
+        - `weight_ih_init`, `weight_hh_init`, `bias_init`: initialisers with the signature
+          of `jax.nn.initializers`, `init(key, shape, dtype) -> array` (keyword-only),
+          called with shapes `(4 * hidden_size, input_size)`,
+          `(4 * hidden_size, hidden_size)` and `(4 * hidden_size,)` and `param_dtype`. By
+          default all draw uniformly from `[-1/sqrt(hidden_size), 1/sqrt(hidden_size))`,
+          as Equinox and PyTorch do, to the bit.
         - `key`: keyword-only; a `jax.random` key for the initialisation.
 
-        All parameters are drawn uniformly from `[-1/sqrt(hidden_size), 1/sqrt(hidden_size))`.
+        **Raises:** `ValueError` for a size that is not a positive int, or an initialiser
+        that returns an array of another shape or dtype.
         """
         check_size("LSTMCell", "input_size", input_size)
         check_size("LSTMCell", "hidden_size", hidden_size)
-        dtype = resolve_dtype(dtype)
+        stored = param_dtype_of(dtype, param_dtype)
         ih_key, hh_key, bias_key = jax.random.split(key, 3)
-        lim = math.sqrt(1 / hidden_size)  # as Equinox; 1 / sqrt(n) can differ in the last bit (float64)
-        self.weight_ih = uniform(ih_key, (4 * hidden_size, input_size), dtype, lim)
-        self.weight_hh = uniform(hh_key, (4 * hidden_size, hidden_size), dtype, lim)
-        self.bias = uniform(bias_key, (4 * hidden_size,), dtype, lim) if use_bias else None
+        default = _default_init(hidden_size)
+        self.weight_ih = init_param(
+            "LSTMCell",
+            "weight_ih_init",
+            weight_ih_init,
+            default,
+            ih_key,
+            (4 * hidden_size, input_size),
+            stored,
+        )
+        self.weight_hh = init_param(
+            "LSTMCell",
+            "weight_hh_init",
+            weight_hh_init,
+            default,
+            hh_key,
+            (4 * hidden_size, hidden_size),
+            stored,
+        )
+        self.bias = (
+            init_param("LSTMCell", "bias_init", bias_init, default, bias_key, (4 * hidden_size,), stored)
+            if use_bias
+            else None
+        )
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.use_bias = use_bias
+        self.dtype = dtype
 
     def __call__(
         self,
@@ -191,7 +303,12 @@ class LSTMCell(Module):
           `(hidden_size,)`.
         - `key`: ignored.
 
-        **Returns:** the new pair `(h, c)`.
+        **Returns:** the new pair `(h, c)`, of dtype `dtype` (or the common type of the
+        input, the states and the parameters). Under `jax.lax.scan`, start from states
+        of that dtype.
+
+        **Raises:** `TypeError` if `hidden` is not a pair; `ValueError` if an array has
+        another shape.
         """
         if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
             raise TypeError(
@@ -200,9 +317,12 @@ class LSTMCell(Module):
             )
         h, c = hidden
         _check(self, input, (h, c))
-        gates = self.weight_ih @ input + self.weight_hh @ h
-        if self.bias is not None:
-            gates = gates + self.bias
+        x, h, c, weight_ih, weight_hh, bias = cast_for_op(
+            self.dtype, input, h, c, self.weight_ih, self.weight_hh, self.bias
+        )
+        gates = weight_ih @ x + weight_hh @ h
+        if bias is not None:
+            gates = gates + bias
         i, f, g, o = jnp.split(gates, 4)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
