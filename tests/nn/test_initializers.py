@@ -194,3 +194,41 @@ def test_dtype_is_the_computation_dtype_even_under_strict_promotion(name):
         # Embedding the table's dtype, for the normalisations the input's.
         expected = BF16 if name == "Embedding" else F32
         assert jnp.result_type(run(build(param_dtype=BF16))) == expected
+
+
+def test_bfloat16_computation_trains_float32_parameters_with_optax():
+    optax = pytest.importorskip("optax")
+    k1, k2, k3 = jax.random.split(key(4), 3)
+    mixed = dict(dtype=BF16, param_dtype=F32)
+    model = larix.nn.Sequential(
+        [
+            larix.nn.Conv1d(1, 4, 3, **mixed, key=k1),
+            larix.nn.LayerNorm((4, 6), **mixed),
+            larix.nn.Lambda(lambda x: x.reshape(-1)),
+            larix.nn.Linear(24, 1, **mixed, key=k2),
+        ]
+    )
+    x, y = jax.random.normal(k3, (16, 1, 8)), jnp.ones((16, 1))
+    optimiser = optax.adam(1e-2)
+    opt_state = optimiser.init(larix.filter(model, larix.is_inexact_array))
+
+    @larix.filter_jit
+    def step(model, opt_state):
+        def loss(model):
+            out = jax.vmap(model)(x)
+            assert out.dtype == BF16  # computed in bfloat16 ...
+            return jnp.mean((out.astype(F32) - y) ** 2)
+
+        value, grads = larix.filter_value_and_grad(loss)(model)
+        updates, opt_state = optimiser.update(grads, opt_state)
+        return larix.apply_updates(model, updates), opt_state, value, grads
+
+    losses = []
+    for _ in range(30):
+        model, opt_state, value, grads = step(model, opt_state)
+        losses.append(float(value))
+    # ... while gradients, parameters and optimiser state stay float32.
+    for tree in (grads, model, opt_state):
+        floats = [a for a in jax.tree_util.tree_leaves(tree) if larix.is_inexact_array(a)]
+        assert floats and {a.dtype for a in floats} == {F32}
+    assert losses[-1] < 0.5 * losses[0]
