@@ -164,10 +164,10 @@ def test_width_and_indent():
     )
     # Items that fit on one line together stay together, after the opening bracket.
     linear = larix.nn.Linear(2, 3, key=jax.random.key(0))
-    assert larix.tree_pformat(linear, width=76) == (
-        "Linear(\n  weight=f32[3,2], bias=f32[3], in_features=2, out_features=3, use_bias=True\n)"
+    assert larix.tree_pformat(linear, width=88) == (
+        "Linear(\n  weight=f32[3,2], bias=f32[3], in_features=2, out_features=3, use_bias=True, dtype=None\n)"
     )
-    assert larix.tree_pformat(linear, width=75).count("\n") == 6  # one field a line
+    assert larix.tree_pformat(linear, width=87).count("\n") == 7  # one field a line
     assert larix.tree_pformat((1,), width=1) == "(\n  1,\n)"
 
 
