@@ -11,6 +11,8 @@ Sections (every ratio is to raw `jax.jit` on the same arrays, measured in the sa
 - `MLP forward`: a depth-8, width-128 MLP on a batch of 32 (goal 1.05x).
 - `adam step`: one optax adam training step whose returned model and optimiser state are
   fed back into the next call (goal 1.05x).
+- `jit dict of arrays`: a jitted sum over a dict of 20 float32[4] arrays under `str`
+  keys, a state dict as `split` gives it (goal 1.5x).
 - `first call`: trace + compile + run of a new jitted function at N = 100k (goal 1.5x).
 - `named scopes`: a larix.nn.MLP (depth 8, width 128) on a batch of 32, traced with
   `larix.named_scopes` on (the default) and off: jitted (goal 1.05x: scopes are seen only
@@ -201,6 +203,22 @@ def _equinox_adam() -> Callable[[], Any]:
 # -- first call and split --------------------------------------------------------------------
 
 
+def _array_dict() -> dict[str, jax.Array]:
+    return {f"layers.{i}.weight": jnp.full((4,), float(i)) for i in range(20)}
+
+
+def _sum_values(d: dict[str, jax.Array]) -> jax.Array:
+    return sum(d.values())
+
+
+def _raw_dict() -> Callable[[], Any]:
+    return functools.partial(jax.jit(_sum_values), _array_dict())
+
+
+def _larix_dict() -> Callable[[], Any]:
+    return functools.partial(larix.filter_jit(_sum_values), _array_dict())
+
+
 def _first_raw() -> Callable[[], Any]:
     x = jnp.zeros(8, jnp.float32)
     return functools.partial(jax.jit(lambda x: x * 2), x)
@@ -303,6 +321,10 @@ def cases(settings: Settings) -> Iterable[Case]:
     yield Case(
         section, "equinox filter_jit", _equinox_adam, baseline="raw jax.jit", requires=("optax", "equinox")
     )
+
+    section = "jit dict of arrays"
+    yield Case(section, "raw jax.jit", _raw_dict)
+    yield Case(section, "larix filter_jit", _larix_dict, baseline="raw jax.jit", goal=1.5)
 
     section = "first call"
     n = 100_000

@@ -1177,3 +1177,43 @@ def test_fresh_filter_jit_of_the_same_function_shares_its_compilations():
     # argument, until larix.clear_caches() or 256 others; a plain function never is.
     larix.clear_caches()
     assert _collected(ref)
+
+
+class _Key(str):
+    """A str subclass: equal to its str, but not the same key (its type is visible)."""
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("call", ["alone", "with another argument"])
+def test_dicts_of_arrays_on_the_fast_path_never_share_a_wrong_trace(call, monkeypatch):
+    # Dicts of arrays under str keys are keyed by their treedef alone (_is_array_dict): a
+    # differential test of that memo against the answer computed without it.
+    jitted = larix.filter_jit(lambda d, *rest: ([(type(k).__name__, k) for k in d], {k: v * 2 for k, v in d.items()}))
+    extra = (jnp.ones(()),) if call != "alone" else ()
+    dicts = [
+        {"a": jnp.ones(2), "b": jnp.zeros(3)},
+        {"b": jnp.zeros(3), "a": jnp.ones(2)},  # insertion order: the same trace
+        {"a": jnp.ones(2), "c": jnp.zeros(3)},
+        {_Key("a"): jnp.ones(2), "b": jnp.zeros(3)},  # a str subclass: general path
+        {"a": np.ones(2), "b": np.zeros(3)},
+        {"a": jnp.ones(4), "b": jnp.zeros(1)},  # other shapes: jax.jit retraces
+        {"a": jnp.ones(2), "b": 3.0},  # a static value: general path
+        {"a": jnp.ones(2)},
+    ]
+    for _ in range(2):
+        for d in dicts:
+            names, doubled = jitted(dict(d), *extra)
+            assert names == [(type(k).__name__, k) for k in sorted(d, key=str)]
+            assert set(doubled) == set(d)
+            for k in d:
+                np.testing.assert_array_equal(doubled[k], np.asarray(d[k]) * 2)
+    # A fresh dict with the keys of one seen before takes the remembered static part.
+    from larix import _jit
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the remembered dict of arrays was split again")
+
+    monkeypatch.setattr(_jit, "_split_arg", fail)
+    names, _ = jitted({"b": jnp.ones(3), "a": jnp.ones(2)}, *extra)
+    assert names == [("str", "a"), ("str", "b")]

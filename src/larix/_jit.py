@@ -329,6 +329,9 @@ def _split_arg(x: Any, where: Any, info: dict[Any, Any] | None = None) -> tuple[
         key = _tuple_key(x, arrays)
         if key is not None:
             return _remembered(info, key, x, where), tuple(arrays)
+    if info is not None and _is_array_dict(x):
+        leaves, treedef = jtu.tree_flatten(x)
+        return _remembered(info, treedef, x, where), tuple(leaves)
     if info is not None:
         leaves, treedef = jtu.tree_flatten(x)
         if _CONCRETE_SET.issuperset(map(type, leaves)):
@@ -347,6 +350,28 @@ def _split_arg(x: Any, where: Any, info: dict[Any, Any] | None = None) -> tuple[
                 return _remembered(info, key, x, where), tuple(leaves)
     static, arrays = _make_static(x, where, memoise=False)
     return _intern(static), arrays
+
+
+def _is_array_dict(x: Any) -> bool:
+    """A plain dict of concrete arrays under `str` keys (a state dict, say).
+
+    Its treedef alone is an exact key of its static part: treedefs compare dict keys with
+    `==`, which is exact between `str`s (not between `1` and `1.0`, or a `str` subclass),
+    and every leaf is an array. So such a dict is remembered in `_info` under its bare
+    treedef, which no other path uses as a key (they use tuples). Checked in C: ~5 µs less
+    per call than keying it by `_inspect` (benchmarks: jit dict of arrays).
+    """
+    return type(x) is dict and _STR.issuperset(map(type, x)) and _CONCRETE_SET.issuperset(map(type, x.values()))
+
+
+def _remembered_array_dict(x: dict[str, Any], info_get: Callable[[Any], Any]) -> tuple[_Static, list[Any]] | None:
+    """The hot path's lookup of `_split_arg`'s memo for a dict of arrays, or None."""
+    if _is_array_dict(x):
+        leaves, treedef = jtu.tree_flatten(x)
+        static = info_get(treedef)
+        if static is not None:
+            return static, leaves
+    return None
 
 
 def _remembered(info: dict[Any, Any], key: Any, x: Any, where: Any) -> _Static:
@@ -767,6 +792,9 @@ class _JitWrapper:
                 elif t in concrete:
                     entry = single_get(array_id)
                     arrays = args
+                elif t is dict and (found := _remembered_array_dict(a, info_get)) is not None:
+                    entry = single_get(id(found[0]))
+                    arrays = found[1]
                 else:
                     return general(args, kwargs)
             else:
@@ -786,6 +814,9 @@ class _JitWrapper:
                         and (static := info_get(items)) is not None
                     ):
                         key.append(id(static))
+                    elif t is dict and (found := _remembered_array_dict(a, info_get)) is not None:
+                        key.append(id(found[0]))
+                        arrays += found[1]
                     else:
                         return general(args, kwargs)
                 entry = cache_get(tuple(key))
