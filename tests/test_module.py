@@ -262,9 +262,11 @@ def test_static_field_is_a_compile_time_constant_under_jit():
     assert traces == ["a", "b"]
 
 
-def test_static_field_alias():
-    class Old(larix.Module):
-        n: int = larix.static_field(default=3)
+def test_static_field_alias_works_and_is_deprecated():
+    with pytest.warns(DeprecationWarning, match=r"larix\.field\(static=True"):
+
+        class Old(larix.Module):
+            n: int = larix.static_field(default=3)
 
     assert jtu.tree_leaves(Old()) == []
     assert Old().n == 3
@@ -455,15 +457,50 @@ def test_redeclaring_abstract_var_keeps_it_abstract():
         StillAbstract(1)
 
 
-def test_abstract_class_var_as_field_is_type_error_at_class_creation():
-    with pytest.raises(TypeError) as info:
+def test_abstract_class_var_may_be_provided_as_a_field_as_in_equinox():
+    class AsField(AbstractModel):
+        size: int
+        kind: str
 
-        class Wrong(AbstractModel):
-            kind: str
+    m = AsField(w=1, size=2, kind="field")
+    assert (m.w, m.size, m.kind) == (1, 2, "field")
+    assert jtu.tree_leaves(m) == [1, 2, "field"]
 
-    message = str(info.value)
-    assert "Wrong.kind" in message
-    assert "ClassVar" in message
+
+def test_abstract_names_are_listed_as_equinox_lists_them():
+    assert AbstractModel.__abstractvars__ == frozenset({"size"})
+    assert AbstractModel.__abstractclassvars__ == frozenset({"kind"})
+
+    class Half(AbstractModel):
+        size: int
+
+    assert Half.__abstractvars__ == frozenset() and Half.__abstractclassvars__ == {"kind"}
+    with pytest.raises(TypeError, match=r"abstract class attributes 'kind'") as info:
+        Half(w=1, size=2)
+    assert "abstract attributes" not in str(info.value)
+
+    class Stronger(AbstractModel):  # an AbstractClassVar stays one when re-declared AbstractVar
+        kind: larix.AbstractVar[str]
+
+    assert Stronger.__abstractclassvars__ == frozenset({"kind"})
+    assert larix.Module.__abstractvars__ == frozenset()
+
+
+def test_abstract_annotations_without_a_type_or_with_a_value_are_refused():
+    with pytest.raises(TypeError, match=r"Bare\.x is annotated with an unsubscripted `(larix\.)?AbstractVar`"):
+
+        class Bare(larix.Module):
+            x: larix.AbstractVar  # type: ignore[type-arg]
+
+    with pytest.raises(TypeError, match=r"`y: (larix\.)?AbstractClassVar\[int\]`"):
+
+        class BareClassVar(larix.Module):
+            y: larix.AbstractClassVar  # type: ignore[type-arg]
+
+    with pytest.raises(TypeError, match=r"WithValue\.x is declared AbstractVar\[\.\.\.\], so it cannot have value True"):
+
+        class WithValue(larix.Module):
+            x: larix.AbstractVar[bool] = True  # type: ignore[assignment]
 
 
 def test_abstractmethod_blocks_instantiation():
@@ -532,10 +569,10 @@ def test_abstract_vars_with_string_annotations(future_module):
 
 def test_abstract_class_var_as_field_with_string_annotations(future_module):
     namespace: dict[str, Any] = {"__name__": future_module.__name__}
-    source = "from __future__ import annotations\nclass Wrong(Abstract):\n    kind: str\n"
+    source = "from __future__ import annotations\nclass AsField(Abstract):\n    size: int\n    kind: str\n"
     namespace["Abstract"] = future_module.Abstract
-    with pytest.raises(TypeError, match=r"Wrong\.kind.*ClassVar"):
-        exec(compile(source, "<wrong>", "exec"), namespace)
+    exec(compile(source, "<as-field>", "exec"), namespace)
+    assert namespace["AsField"](w=1, size=2, kind="k").kind == "k"
 
 
 # --------------------------------------------------------------------------- methods
@@ -985,3 +1022,262 @@ def test_object_delattr_after_init_drops_the_field():
     assert model.scale == 2.0  # the class default shows through, as for a dataclass
     with pytest.raises(AttributeError):
         object.__delattr__(model, "scale")
+
+
+# --------------------------------------------------------------------------- Equinox parity
+
+
+def test_assigning_an_own_method_in_init_is_refused_with_the_fix():
+    class Cycle(larix.Module):
+        fn: Any
+        x: Any
+
+        def __init__(self, x):
+            self.fn = self.double  # the Module would contain itself
+            self.x = x
+
+        def double(self):
+            return 2 * self.x
+
+    with pytest.raises(ValueError, match="Cannot assign methods in __init__") as info:
+        Cycle(1)
+    message = str(info.value)
+    assert "Cycle.fn" in message and "@property" in message and "return self.double" in message
+
+    class Base(larix.Module):
+        transform: Any
+
+        def __init__(self, transform):
+            self.transform = transform
+
+    class Sub(Base):  # the bound method arrives as an argument of the parent's __init__
+        scale: Any
+
+        def __init__(self):
+            self.scale = 2
+            super().__init__(self._transform)
+
+        def _transform(self, x):
+            return self.scale * x
+
+    with pytest.raises(ValueError, match=r"Sub\.transform"):
+        Sub()
+
+    class Other(larix.Module):
+        fn: Any
+
+    # Another instance's method is a pytree like any other, and is fine.
+    other = Other(Point(1).__eq__)
+    assert other.fn(Point(1))
+
+
+class _Mixin:
+    def __init__(self, x):
+        self.x = x * 10
+
+
+class _Converted(larix.Module):
+    x: Any = larix.field(converter=jnp.asarray)
+
+
+def test_custom_init_of_a_plain_base_class_is_kept_and_converters_still_run():
+    class MixinFirst(_Mixin, _Converted):  # the mixin's __init__ comes first in the MRO
+        pass
+
+    class ModuleFirst(_Converted, _Mixin):  # the generated __init__ comes first
+        pass
+
+    a, b = MixinFirst(1), ModuleFirst(1)
+    assert isinstance(a.x, jax.Array) and int(a.x) == 10
+    assert isinstance(b.x, jax.Array) and int(b.x) == 1
+
+
+def test_post_init_that_cannot_run_warns_at_class_creation():
+    class WithPostInit(larix.Module):
+        x: Any
+
+        def __post_init__(self):
+            raise AssertionError("only a generated __init__ calls this")
+
+    assert WithPostInit.__post_init__  # a generated __init__ with __post_init__: no warning
+    with pytest.warns(UserWarning, match=r"test_module\..*CustomInit has both an `__init__`") as record:
+
+        class CustomInit(WithPostInit):
+            def __init__(self):
+                self.x = 1
+
+    assert "__check_init__" in str(record[0].message)
+    assert CustomInit().x == 1  # and __post_init__ really does not run
+
+    class OwnInit(larix.Module):
+        x: Any
+
+        def __init__(self):
+            self.x = 1
+
+    with pytest.warns(UserWarning, match="will never run"):
+
+        class LaterPostInit(OwnInit):
+            def __post_init__(self):
+                raise AssertionError
+
+    assert LaterPostInit().x == 1
+
+
+def test_generated_init_keeps_the_parents_docstring():
+    class Documented(larix.Module):
+        x: Any = 0
+
+    Documented.__init__.__doc__ = "Build it."
+
+    class Child(Documented):
+        y: Any = 1
+
+    assert Child.__init__ is not Documented.__init__
+    assert Child.__init__.__doc__ == "Build it."
+
+
+def test_generated_init_annotates_a_converted_field_with_what_the_converter_takes():
+    def untyped(v):
+        return v
+
+    def typed(v: int, extra=1):
+        return str(v)
+
+    class Fields(larix.Module):
+        a: str = larix.field(converter=untyped)
+        b: str = larix.field(converter=typed)
+        c: str = larix.field(converter=str)  # no signature to read
+        d: str = "plain"
+
+    annotations = Fields.__init__.__annotations__
+    assert annotations["a"] is Any and annotations["c"] is Any
+    assert annotations["b"] == inspect.signature(typed).parameters["v"].annotation
+    assert annotations["d"] == "str"  # unconverted fields keep theirs
+
+    class Custom(larix.Module):
+        a: str = larix.field(converter=untyped)
+
+        def __init__(self, a: bytes):
+            self.a = a
+
+    assert Custom.__init__.__annotations__["a"] == "bytes"  # the user's own init is untouched
+
+
+def test_generic_module_records_its_orig_class():
+    from typing import Generic, TypeVar
+
+    T = TypeVar("T")
+
+    class Holder(larix.Module, Generic[T]):
+        value: Any = 0
+
+    h = Holder[int](3)
+    assert h.__orig_class__ == Holder[int]
+    assert jtu.tree_leaves(h) == [3]  # not a field, not in the tree
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        h.value = 4
+
+
+class _AbstractSize(larix.Module):
+    size: int = larix.field(init=False)
+    w: Any = 1
+
+
+class _SizeByProperty(_AbstractSize):
+    @property
+    def size(self):
+        return 2 * self.w
+
+
+def test_field_overridden_by_a_property_is_given_by_the_class():
+    m = _SizeByProperty(w=jnp.array(3.0))
+    assert m.size == 6.0
+    leaves, treedef = jtu.tree_flatten(m)
+    assert len(leaves) == 1  # only w: the property is not part of the tree
+    rebuilt = jtu.tree_unflatten(treedef, [jnp.array(5.0)])
+    assert rebuilt.size == 10.0
+    assert larix.filter_jit(lambda m: m.size)(m) == 6.0
+    assert jax.grad(lambda m: m.size)(m).w == 2.0
+    assert pickle.loads(pickle.dumps(m)).size == 6.0
+    assert copy.deepcopy(m).size == 6.0
+    assert repr(m).startswith("_SizeByProperty(w=") and "size" not in repr(m)
+    assert larix.tree_equal(m, _SizeByProperty(w=jnp.array(3.0)))
+    skeleton, params, rest = larix.split(m, larix.is_array)
+    assert list(params) == ["w"] and rest == {}
+    assert larix.merge(skeleton, params, rest).size == 6.0
+
+    class Deeper(_SizeByProperty):  # provided by a class in between
+        pass
+
+    assert Deeper(w=1).size == 2 and jtu.tree_leaves(Deeper(w=1)) == [1]
+
+
+def test_static_field_with_abstract_property_given_by_a_class_attribute():
+    # The Equinox idiom: an abstract property that a subclass fills with a class attribute.
+    class Base(larix.Module):
+        config: list = larix.field(static=True)
+
+        @property
+        @abc.abstractmethod
+        def config(self):  # noqa: F811 - replaces the field's default, on purpose
+            ...
+
+    class Concrete(Base):
+        config = ["a", "b"]  # noqa: RUF012 - the Equinox idiom under test
+
+        def __init__(self):
+            pass
+
+    with pytest.raises(TypeError):
+        Base()
+    model = Concrete()
+    assert model.config == ["a", "b"]
+    assert jtu.tree_leaves(model) == []
+    assert jax.jit(lambda m: len(m.config))(model) == 2
+    assert larix.filter_jit(lambda m: len(m.config))(model) == 2
+
+
+def test_provided_field_set_in_init_wins_and_a_setterless_property_refuses():
+    class Base(larix.Module):
+        n: Any
+
+    class ClassConstant(Base):
+        n = 5
+
+        def __init__(self, n=None):
+            if n is not None:
+                self.n = n
+
+    assert ClassConstant().n == 5 and jtu.tree_leaves(ClassConstant()) == []
+    assert ClassConstant(7).n == 7 and jtu.tree_leaves(ClassConstant(7)) == [7]
+
+    class ByProperty(Base):
+        @property
+        def n(self):
+            return 1
+
+        def __init__(self):
+            self.n = 3
+
+    with pytest.raises(AttributeError):
+        ByProperty()
+
+
+def test_provided_field_written_after_init_is_seen_by_every_cache():
+    class Base(larix.Module):
+        n: Any
+        w: Any
+
+    class Provided(Base):
+        n = 5
+
+        def __init__(self, w):
+            self.w = w
+
+    m = Provided(jnp.array(1.0))
+    f = larix.filter_jit(lambda m: m.w * m.n)
+    assert f(m) == 5.0 and jtu.tree_leaves(m) == [1.0]
+    object.__setattr__(m, "n", jnp.array(2.0))  # misuse, but no memo may hide it
+    assert jtu.tree_leaves(m) == [2.0, 1.0]
+    assert f(m) == 2.0

@@ -21,7 +21,8 @@ import numpy as np
 
 from . import _filters
 from ._exact import exact_keys
-from ._module import EPOCH, Module
+from ._field import EPOCH
+from ._module import Module
 from ._partition import leaf_owners
 from ._paths import CUSTOM_NODES, dict_keys_in_order, entry_name, flatten_one_level_with_keys, python_path
 

@@ -27,9 +27,10 @@ import numpy as np
 from . import _flat, _intercept
 from ._errors import from_compiled
 from ._exact import exact_field_keys, exact_key, exact_keys
+from ._field import EPOCH
 from ._filters import is_array
 from ._flat import _LEAF_TYPES, ArrayImpl, _dynamic_field_names
-from ._module import EPOCH, MODULE_TYPES, BoundMethod, Module
+from ._module import MODULE_TYPES, BoundMethod, Module
 from ._paths import CUSTOM_NODES, dict_keys_in_order, flatten_one_level_with_keys, python_path
 from ._recompile import TraceLog, explain, record_trace
 

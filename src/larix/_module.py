@@ -7,15 +7,27 @@ import dataclasses
 import functools
 import inspect
 import operator
-import re
 import types
 import typing
 import warnings
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import jax.tree_util as jtu
 
+from ._field import (
+    _INITIALISING,
+    UNSET,
+    _abstract_kind,
+    _converter_annotation,
+    _Field,
+    _ProvidedField,
+    _provider,
+)
+from ._field import AbstractClassVar as AbstractClassVar
+from ._field import AbstractVar as AbstractVar
+from ._field import field as field
+from ._field import static_field as static_field
 from ._filters import is_array
 from ._intercept import call_method
 
@@ -29,86 +41,9 @@ __all__ = [
     "static_field",
 ]
 
-_T = TypeVar("_T")
-
-# Present in an instance's __dict__ only while its __init__ runs: the one window in which
-# attributes may be assigned. Per-instance, so construction is thread-safe.
-_INITIALISING = "__larix_initialising__"
-
 # Every Module subclass: `type(x) in MODULE_TYPES` is a set lookup, where isinstance() on an
 # ABCMeta class runs Python code. Used on filter_jit's per-call path.
 MODULE_TYPES: set[type] = set()
-
-
-def field(*, converter: Callable[[Any], Any] | None = None, static: bool = False, **kwargs: Any) -> Any:
-    """Declare a Module field, like `dataclasses.field` with two more options.
-
-    **Arguments:**
-
-    - `converter`: called on the field's value once `__init__` has finished (also when you
-      write your own `__init__`), before `__check_init__` runs. Use it to turn inputs into
-      arrays, for example `converter=jnp.asarray`.
-    - `static`: if `True`, the value is part of the tree *structure* (the treedef's aux
-      data) rather than a leaf. Filtered transforms then see it as a compile-time constant,
-      and changing it recompiles. Use it for non-array configuration that must stay hashable.
-    - `**kwargs`: passed to `dataclasses.field` (`default`, `default_factory`, `init`, ...).
-
-    **Returns:**
-
-    A `dataclasses.Field` to use as the default value in the class body.
-    """
-    metadata = dict(kwargs.pop("metadata", None) or {})
-    for key in ("converter", "static"):
-        if key in metadata:
-            raise ValueError(
-                f"larix.field(metadata={{'{key}': ...}}) is ambiguous: pass `{key}=` to "
-                "larix.field directly instead of through metadata."
-            )
-    if converter is not None:
-        if not callable(converter):
-            raise TypeError(f"larix.field(converter=...) must be callable, got {converter!r}.")
-        metadata["converter"] = converter
-    if static:
-        metadata["static"] = True
-    return dataclasses.field(metadata=metadata, **kwargs)
-
-
-def static_field(**kwargs: Any) -> Any:
-    """Deprecated spelling of `larix.field(static=True, **kwargs)`, kept for Equinox code."""
-    return field(static=True, **kwargs)
-
-
-class AbstractVar(Generic[_T]):
-    """Annotate `x: AbstractVar[int]` to require every concrete subclass to provide `x`,
-    as a field, a class attribute or a property. Instantiating a class that still lacks it
-    raises `TypeError`."""
-
-
-class AbstractClassVar(Generic[_T]):
-    """Annotate `x: AbstractClassVar[int]` to require every concrete subclass to provide `x`
-    as a class attribute (`x: ClassVar[int] = 3` or `x = 3`), not as a field."""
-
-
-_ABSTRACT_STRING = re.compile(r"^(?:[\w.]*\.)?(AbstractVar|AbstractClassVar)\[")
-
-
-def _abstract_kind(annotation: Any) -> str | None:
-    # Annotations are strings under `from __future__ import annotations`: match their text.
-    if isinstance(annotation, str):
-        match = _ABSTRACT_STRING.match(annotation.strip())
-        return match.group(1) if match else None
-    origin = getattr(annotation, "__origin__", None)
-    if origin is AbstractVar:
-        return "AbstractVar"
-    if origin is AbstractClassVar:
-        return "AbstractClassVar"
-    return None
-
-
-def _is_classvar_annotation(annotation: Any) -> bool:
-    if isinstance(annotation, str):
-        return re.match(r"^(?:[\w.]*\.)?ClassVar\b", annotation.strip()) is not None
-    return annotation is typing.ClassVar or getattr(annotation, "__origin__", None) is typing.ClassVar
 
 
 def _hooked_call(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -193,64 +128,23 @@ def _make_flatten(cls: type, dynamic: tuple[str, ...], static: tuple[str, ...]) 
     return operator.attrgetter(_FLAT), namespace["flatten_with_keys"], namespace["unflatten"]
 
 
-# Mutation epoch. Modules are frozen, but `object.__setattr__(module, name, value)` (used by
-# some libraries and debuggers) still reaches a field through its descriptor below. Every
-# memo that covers a whole subtree (filter_jit's split, larix.split's) records the epoch it
-# was made in and is used only while the epoch is unchanged, since a parent cannot know
-# that a Module inside it was changed. One list item, so that hot paths read it cheaply.
-EPOCH = [0]
-# The per-instance memos, dropped from an instance whose field is changed.
-MEMO_NAMES: tuple[str, ...] = ("_larix_flat", "__larix_jit__", "__larix_split__")
+_NO_INIT = (object.__init__, getattr(typing, "_no_init_or_replace_init", None))
 
 
-class _Field:
-    """The descriptor of one Module field: reads the instance's `__dict__`, and notices writes.
+def _has_custom_init(cls: type) -> bool:
+    """Whether `cls` gets its `__init__` from its MRO rather than from a generated one.
 
-    A data descriptor, so that `object.__setattr__` goes through `__set__` too: after
-    `__init__`, a write drops the instance's memos and moves the mutation epoch on, so that
-    no cached flatten or split can return the old value (invariant: a memo is used only if
-    no field of any Module was written after `__init__` since it was made). Class-level
-    access gives the default, as for a plain dataclass.
+    Unlike a plain dataclass (and as Equinox does), a subclass keeps an inherited custom
+    `__init__`, whether it comes from a Module or from another base class (a mixin).
     """
-
-    __slots__ = ("default", "name")
-
-    def __init__(self, name: str, default: Any):
-        self.name = name
-        self.default = default
-
-    def __get__(self, instance: Any, owner: Any = None) -> Any:
-        if instance is not None:
-            try:
-                return instance.__dict__[self.name]
-            except KeyError:
-                pass
-        if self.default is dataclasses.MISSING:
-            raise AttributeError(
-                f"'{(owner or type(instance)).__name__}' object has no attribute '{self.name}'"
-            )
-        return self.default
-
-    def __set__(self, instance: Any, value: Any) -> None:
-        d = instance.__dict__
-        if _INITIALISING not in d:
-            _forget_memos(d)
-        d[self.name] = value
-
-    def __delete__(self, instance: Any) -> None:
-        d = instance.__dict__
-        if _INITIALISING not in d:
-            _forget_memos(d)
-        try:
-            del d[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
-
-
-def _forget_memos(d: dict[str, Any]) -> None:
-    for name in MEMO_NAMES:
-        d.pop(name, None)
-    EPOCH[0] += 1
+    if "__init__" in cls.__dict__:
+        return True
+    for k in cls.__mro__[1:]:
+        if isinstance(k, _ModuleMeta):
+            return bool(k._larix_custom_init)  # type: ignore[attr-defined]
+        if k.__dict__.get("__init__", object.__init__) not in _NO_INIT:
+            return True
+    return False
 
 
 class _FlatCache:
@@ -288,6 +182,18 @@ class _ModuleMeta(abc.ABCMeta):
         new_abstract_vars = {}
         for field_name, annotation in list(annotations.items()):
             kind = _abstract_kind(annotation)
+            if kind == "bare":
+                bare = annotation if isinstance(annotation, str) else annotation.__name__
+                raise TypeError(
+                    f"{name}.{field_name} is annotated with an unsubscripted `{bare}`: say what "
+                    f"type it will hold, e.g. `{field_name}: {bare}[int]`."
+                )
+            if kind is not None and field_name in namespace:
+                raise TypeError(
+                    f"{name}.{field_name} is declared {kind}[...], so it cannot have value "
+                    f"{namespace[field_name]!r} in the same class: subclasses provide it. Drop "
+                    f"the value, or drop {kind}[...] to make it an ordinary field."
+                )
             if kind is not None:
                 new_abstract_vars[field_name] = kind
                 del annotations[field_name]
@@ -309,14 +215,27 @@ class _ModuleMeta(abc.ABCMeta):
             cls._larix_fields = cls._larix_converters = cls._larix_static_fields = ()
             cls._larix_dynamic_fields = ()
             cls._larix_check_inits = ()
+            cls._larix_provided = frozenset()
             flatten, flatten_with_keys, unflatten = _make_flatten(cls, (), ())
             jtu.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten_func=flatten)
             return cls
 
-        custom_init = "__init__" in namespace or any(
-            getattr(b, "_larix_custom_init", False) for b in bases if isinstance(b, _ModuleMeta)
-        )
+        custom_init = _has_custom_init(cls)
         cls._larix_custom_init = custom_init
+        if custom_init and hasattr(cls, "__post_init__") and (
+            "__init__" in namespace or "__post_init__" in namespace
+        ):
+            warnings.warn(
+                f"{cls.__module__}.{cls.__qualname__} has both an `__init__` method and a "
+                "`__post_init__` method "
+                "(one of them inherited), so `__post_init__` will never run: as in a "
+                "dataclass, only a generated `__init__` calls it. Move its code to the end of "
+                "`__init__`, or to `__check_init__` if it only checks invariants (larix calls "
+                "that after every `__init__`).",
+                UserWarning,
+                stacklevel=2,
+            )
+        init_doc = None if custom_init else cls.__init__.__doc__
         MODULE_TYPES.add(cls)
         for field_name in annotations:
             # A field re-declared without a value: a plain dataclass would find the parent's
@@ -333,12 +252,26 @@ class _ModuleMeta(abc.ABCMeta):
 
         fields = dataclasses.fields(cls)
         cls._larix_fields = fields
+        if not custom_init:
+            init = cls.__init__
+            init.__doc__ = init_doc  # a dataclass would drop the parent's docstring
+            for f in fields:
+                if "converter" in f.metadata and f.name in init.__annotations__:
+                    init.__annotations__[f.name] = _converter_annotation(f.metadata["converter"])
+        provided = []
         for f in fields:
+            provider = _provider(cls, f.name, annotations)
             current = inspect.getattr_static(cls, f.name, None)
-            if f.name in cls.__dict__ or not isinstance(current, _Field):
+            if provider is not UNSET:
+                type.__setattr__(cls, f.name, _ProvidedField(f.name, f.default, provider))
+                provided.append(f.name)
+            elif isinstance(current, _ProvidedField):
+                provided.append(f.name)  # overridden in a class between
+            elif f.name in cls.__dict__ or not isinstance(current, _Field):
                 type.__setattr__(cls, f.name, _Field(f.name, f.default))
+        cls._larix_provided = frozenset(provided)
         # The generated __init__ sets every field except `init=False` ones without default.
-        cls._larix_fill_fields = custom_init or any(not f.init for f in fields)
+        cls._larix_fill_fields = custom_init or bool(provided) or any(not f.init for f in fields)
         cls._larix_converters = tuple((f.name, f.metadata["converter"]) for f in fields if "converter" in f.metadata)
         dynamic = tuple(f.name for f in fields if not f.metadata.get("static", False))
         static = tuple(f.name for f in fields if f.metadata.get("static", False))
@@ -347,18 +280,23 @@ class _ModuleMeta(abc.ABCMeta):
         cls._larix_check_inits = tuple(
             k.__dict__["__check_init__"] for k in cls.__mro__ if "__check_init__" in k.__dict__
         )
-        _set_abstract_vars(cls, new_abstract_vars, annotations, namespace)
+        _set_abstract_vars(cls, new_abstract_vars, annotations)
         flatten, flatten_with_keys, unflatten = _make_flatten(cls, dynamic, static)
         jtu.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten_func=flatten)
         return cls
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         if cls.__larix_abstract_vars__:
-            missing = ", ".join(f"'{n}' ({k})" for n, k in sorted(cls.__larix_abstract_vars__.items()))
+            missing = []
+            for kind, what in (("AbstractVar", "abstract attributes"), ("AbstractClassVar", "abstract class attributes")):
+                names = sorted(n for n, k in cls.__larix_abstract_vars__.items() if k == kind)
+                if names:
+                    missing.append(f"the {what} " + ", ".join(f"'{n}' ({kind})" for n in names))
             raise TypeError(
-                f"Can't instantiate abstract class {cls.__name__}: it does not provide {missing}. "
-                "Define them in a subclass: an AbstractVar as a field (`x: int`), a class "
-                "attribute or a property; an AbstractClassVar as a class attribute."
+                f"Can't instantiate abstract class {cls.__name__}: it does not provide "
+                f"{' nor '.join(missing)}. Define them in a subclass: an AbstractVar as a field "
+                "(`x: int`), a class attribute or a property; an AbstractClassVar as a class "
+                "attribute."
             )
         self = cls.__new__(cls)  # object.__new__ refuses classes with abstract methods
         d = self.__dict__
@@ -368,7 +306,8 @@ class _ModuleMeta(abc.ABCMeta):
             if cls._larix_fill_fields:
                 _fill_unset_fields(cls, d)
             for name, converter in cls._larix_converters:
-                d[name] = converter(d[name])
+                if d[name] is not UNSET:
+                    d[name] = converter(d[name])
         finally:
             del d[_INITIALISING]
         for check in cls._larix_check_inits:
@@ -383,7 +322,7 @@ class _ModuleMeta(abc.ABCMeta):
         return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
-def _set_abstract_vars(cls: Any, new: dict[str, str], annotations: dict[str, Any], namespace: dict[str, Any]) -> None:
+def _set_abstract_vars(cls: Any, new: dict[str, str], annotations: dict[str, Any]) -> None:
     declared: dict[str, str] = {}
     for base in reversed(cls.__mro__[1:]):
         declared.update(getattr(base, "__larix_abstract_vars__", {}))
@@ -391,26 +330,26 @@ def _set_abstract_vars(cls: Any, new: dict[str, str], annotations: dict[str, Any
     for name, kind in declared.items():
         if name in new:
             continue
-        in_body = name in namespace
-        as_field = name in annotations and not _is_classvar_annotation(annotations[name])
-        if kind == "AbstractClassVar" and as_field and not in_body:
-            raise TypeError(
-                f"{cls.__name__}.{name} was declared AbstractClassVar in a parent class, so it "
-                f"must be a class attribute, not a field. Write `{name}: ClassVar[...] = ...`."
-            )
         # Provided anywhere in the MRO: in this body, by a class between (a field there has
         # its descriptor in the class dict), or by `__init_subclass__`, which has run already.
         if not (name in annotations or any(name in vars(k) for k in cls.__mro__[:-1])):
             remaining[name] = kind
-    remaining.update(new)
+    for name, kind in new.items():
+        # Re-declaring an AbstractClassVar as an AbstractVar keeps the stronger requirement.
+        remaining[name] = declared.get(name) if declared.get(name) == "AbstractClassVar" else kind
     cls.__larix_abstract_vars__ = remaining
+    # Equinox's names for the same information.
+    cls.__abstractvars__ = frozenset(n for n, k in remaining.items() if k == "AbstractVar")
+    cls.__abstractclassvars__ = frozenset(n for n, k in remaining.items() if k == "AbstractClassVar")
 
 
 def _fill_unset_fields(cls: Any, d: dict[str, Any]) -> None:
     for f in cls._larix_fields:
         if f.name in d:
             continue
-        if f.default is not dataclasses.MISSING:
+        if f.name in cls._larix_provided:
+            d[f.name] = UNSET  # given by a class attribute, as in Equinox
+        elif f.default is not dataclasses.MISSING:
             d[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             d[f.name] = f.default_factory()
@@ -447,6 +386,19 @@ def _warn_on_suspicious_fields(cls: Any, d: dict[str, Any]) -> None:
             )
 
 
+def _refuse_own_method(module: Any, name: str, method: Any) -> None:
+    cls = type(module).__name__
+    method_name = getattr(method.__func__, "__name__", "method")
+    raise ValueError(
+        f"Cannot assign methods in __init__: {cls}.{name} would hold `self.{method_name}`, a "
+        f"method bound to the {cls} being built, so the {cls} would contain itself "
+        f"(`self.{name}.__self__ is self`) and could not be a pytree. Make it a property "
+        f"instead, which is not stored in the tree:\n\n"
+        f"    @property\n    def {name}(self):\n        return self.{method_name}\n\n"
+        f"and remove the field `{name}`."
+    )
+
+
 class Module(metaclass=_ModuleMeta):
     """Base class for models: a frozen dataclass that is a pytree.
 
@@ -454,6 +406,11 @@ class Module(metaclass=_ModuleMeta):
     declaration order; `larix.field(static=True)` ones are part of the structure instead.
     A dataclass `__init__` is generated unless you write one; inside your own `__init__`
     assign `self.x = ...`, and after it the instance is frozen.
+
+    A subclass without its own `__init__` keeps a custom `__init__` that comes first in its
+    MRO (also a mixin's), rather than getting a generated one as a plain dataclass would.
+    A field that a subclass overrides with a property or a class attribute is read
+    from there and holds no leaves, unless `__init__` sets it.
 
     Every class in the MRO that defines `__check_init__(self)` has it called after
     construction (no `super()` needed): validate invariants there. Methods looked up on an
@@ -481,11 +438,15 @@ class Module(metaclass=_ModuleMeta):
     """
 
     __larix_abstract_vars__: typing.ClassVar[dict[str, str]] = {}
+    __abstractvars__: typing.ClassVar[frozenset[str]] = frozenset()
+    __abstractclassvars__: typing.ClassVar[frozenset[str]] = frozenset()
     _larix_flat: typing.ClassVar[Any] = _FlatCache()
 
     def __setattr__(self, name: str, value: Any) -> None:
         if _INITIALISING in self.__dict__:
             if name in self.__dataclass_fields__ or name == "__wrapped__":
+                if isinstance(value, (BoundMethod, types.MethodType)) and value.__self__ is self:
+                    _refuse_own_method(self, name, value)
                 object.__setattr__(self, name, value)
                 return
             raise dataclasses.FrozenInstanceError(
@@ -493,6 +454,10 @@ class Module(metaclass=_ModuleMeta):
                 f"class body (`{name}: ...`, or `{name}: ... = larix.field(static=True)` for "
                 "non-array configuration) so that it is part of the tree."
             )
+        if name == "__orig_class__":
+            # Set by `typing` on `Model[int](...)`; not a field, so not part of the tree.
+            object.__setattr__(self, name, value)
+            return
         raise dataclasses.FrozenInstanceError(
             f"Cannot set {type(self).__name__}.{name}: Modules are frozen after __init__. "
             f"Build a changed copy with larix.tree_at(lambda m: m.{name}, model, new_value)."

@@ -74,17 +74,19 @@ def _node_to_doc(
         return _array_text(x, short_arrays)
     if isinstance(x, jax.ShapeDtypeStruct):
         return _array_text(x, True) if struct_as_array else repr(x)
+    from ._field import UNSET
     from ._module import BoundMethod, Module
 
     if isinstance(x, BoundMethod):
         return (f"{type(x.__self__).__name__}.{_function_name(x.__func__).split('.')[-1]}(self=", [("", recurse(x.__self__))], ")")
     if isinstance(x, Module) or (dataclasses.is_dataclass(x) and not isinstance(x, type)):
         fields = type(x)._larix_fields if isinstance(x, Module) else dataclasses.fields(x)
-        # As Equinox: a field still holding its default object is left out.
+        # As Equinox: a field still holding its default object, or given by the class, is
+        # left out.
         items = [
             (f"{f.name}=", recurse(getattr(x, f.name)))
             for f in fields
-            if f.repr and f.name in x.__dict__ and x.__dict__[f.name] is not f.default
+            if f.repr and (v := x.__dict__.get(f.name, f.default)) is not f.default and v is not UNSET
         ]
         return (f"{type(x).__qualname__}(", items, ")")  # Equinox's name: `Outer.Inner(`
     if isinstance(x, tuple) and hasattr(x, "_fields"):

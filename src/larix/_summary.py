@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
+from ._field import MEMO_NAMES
 from ._frozen import Frozen
-from ._module import MEMO_NAMES, Module, field
+from ._module import Module, field
 from ._paths import entry_name, flatten_one_level_with_keys
 from ._pformat import _dtype_name
 from ._shapes import filter_eval_shape, is_shaped
