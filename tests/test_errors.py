@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import hypothesis.strategies as st
 import jax
@@ -25,7 +26,7 @@ def _check(x):
 def _raises_compiled(message):
     """The error a failed check raises from compiled code: JAX's, depending on its dispatch
     path, with our message in the text."""
-    return pytest.raises((jax.errors.JaxRuntimeError, ValueError), match=f"EquinoxRuntimeError: {message}")
+    return pytest.raises((jax.errors.JaxRuntimeError, ValueError), match="EquinoxRuntimeError: " + re.escape(message))
 
 
 @pytest.fixture
@@ -33,8 +34,8 @@ def callback_calls(monkeypatch):
     """Replace the host callback (before tracing) by one that records, and does not raise."""
     calls = []
     jax.clear_caches()  # functions compiled by other tests hold the real callback
-    def record(index, arrays, *, msgs):
-        calls.append(msgs[int(index)])
+    def record(failed, index, arrays, *, msgs):
+        calls.append(errors_module._failure_text(msgs, failed, index))
         return arrays
 
     monkeypatch.setattr(errors_module, "_raise_in_callback", record)
@@ -205,18 +206,39 @@ def test_disable_jit_raises_at_the_call():
 def test_vmap_raises_if_any_batch_element_fails(vmap):
     batched = vmap(_check)
     assert np.array_equal(batched(jnp.array([1.0, 2.0])), [1.0, 2.0])
-    with pytest.raises(larix.EquinoxRuntimeError, match=MSG):
+    with pytest.raises(larix.EquinoxRuntimeError) as info:
         batched(jnp.array([1.0, -2.0]))
+    assert str(info.value) == f"Batch index (1,) had error:\n{MSG}"  # only the failing one
     compiled = jax.jit(vmap(_check))
     assert np.array_equal(compiled(jnp.array([1.0, 2.0])), [1.0, 2.0])
-    with _raises_compiled(MSG):
+    with _raises_compiled(f"Batch index (1,) had error:\n{MSG}"):
         jax.block_until_ready(compiled(jnp.array([1.0, -2.0])))
+    with pytest.raises(larix.EquinoxRuntimeError, match=r"^Batch index \(1,\) had error:\n"):
+        larix.filter_jit(vmap(_check))(jnp.array([1.0, -2.0]))
+
+
+def test_a_failed_compiled_check_is_not_logged_twice(caplog):
+    # JAX logs an exception raised in a host callback; ours reaches the caller anyway.
+    compiled = jax.jit(_check)
+    with pytest.raises((RuntimeError, ValueError), match=MSG):
+        jax.block_until_ready(compiled(jnp.array(-1.0)))
+    with pytest.raises(larix.EquinoxRuntimeError):
+        larix.filter_jit(_check)(jnp.array(-1.0))
+    assert "pure_callback failed" not in caplog.text
+    # Other callbacks' failures are still logged.
+    def broken(x):
+        raise KeyError("not ours")
+
+    with pytest.raises(Exception, match="not ours"):
+        jax.block_until_ready(jax.jit(lambda x: jax.pure_callback(broken, x, x))(jnp.ones(())))
+    assert "pure_callback failed" in caplog.text
 
 
 def test_nested_vmap_and_unbatched_pred(callback_calls):
     nested = jax.jit(jax.vmap(jax.vmap(_check)))
     jax.block_until_ready(nested(jnp.array([[1.0, -2.0], [-3.0, 4.0]])))
-    assert callback_calls == [MSG]  # once for the whole batch
+    # Once for the whole batch, naming every failing element, outermost axis first.
+    assert callback_calls == [f"Batch index (0, 1) had error:\n{MSG}\n\nBatch index (1, 0) had error:\n{MSG}"]
     # A batched x with an unbatched pred.
     f = jax.vmap(lambda x, flag: larix.error_if(x, flag, MSG), in_axes=(0, None))
     assert np.array_equal(f(jnp.ones(3), False), jnp.ones(3))
@@ -307,17 +329,24 @@ def test_branched_picks_the_message():
         jax.block_until_ready(compiled(jnp.array(-jnp.inf)))
 
 
-def test_branched_array_index_and_vmap_use_largest_failing_index(callback_calls):
-    # An index per element: the largest among the failing elements, not among all.
+def test_branched_array_index_uses_largest_failing_index_and_vmap_names_each(callback_calls):
+    # An index per element of one call: the largest among the failing elements, not among all.
     pred, index = jnp.array([True, False, True]), jnp.array([1, 2, 0])
     with pytest.raises(larix.EquinoxRuntimeError, match=r"^x is NaN\b"):
         larix.branched_error_if(jnp.ones(3), pred, index, MSGS)
+    # Under vmap, every failing element with its own message; passing ones are not named.
+    each = "Batch index (0,) had error:\nx is NaN\n\nBatch index (2,) had error:\nno error"
     batched = jax.jit(jax.vmap(lambda p, i: larix.branched_error_if(jnp.ones(()), p, i, MSGS)))
     jax.block_until_ready(batched(pred, index))
     jax.block_until_ready(batched(jnp.array([False, False, True]), jnp.array([2, 2, 1])))
-    assert callback_calls == ["x is NaN", "x is NaN"]
-    with pytest.raises(larix.EquinoxRuntimeError, match=r"^x is NaN\b"):
+    assert callback_calls == [each, "Batch index (2,) had error:\nx is NaN"]
+    with pytest.raises(larix.EquinoxRuntimeError) as info:
         jax.vmap(lambda p, i: larix.branched_error_if(jnp.ones(()), p, i, MSGS))(pred, index)
+    assert str(info.value) == each
+    # An unbatched index with a batched pred: the same message for each failing element.
+    shared = jax.vmap(lambda p: larix.branched_error_if(jnp.ones(()), p, 2, MSGS))
+    with pytest.raises(larix.EquinoxRuntimeError, match=r"^Batch index \(0,\) had error:\nx is infinite\n\nBatch index \(2,\)"):
+        shared(pred)
 
 
 def test_branched_index_out_of_range_still_raises():

@@ -7,9 +7,10 @@ How a check runs, from the outside in:
 2. Traced: the array leaves of `x` go through `_check`, which returns them unchanged. It is
    a `jax.custom_jvp` whose tangents pass straight through, so `grad` never looks inside.
 3. Inside that, `_unbatched_check` is a `jax.custom_batching.custom_vmap`: under `vmap` its
-   rule reduces the batched predicate with `any` (and the message index with `max`) and
-   calls it again, so a batch raises at most one error and no callback is ever vmapped.
-4. At the bottom, `lax.cond(pred, fail, pass)`: the host callback that raises lives in
+   rule turns the batch axis of the predicate (and of the message index) into an ordinary
+   axis and calls it again, so a batch raises one error, naming every failing element, and
+   no callback is ever vmapped.
+4. At the bottom, `lax.cond(any(pred), fail, pass)`: the host callback that raises lives in
    `fail` only, so when the predicate is false no callback runs and the check costs the
    predicate and the branch on the device.
 
@@ -22,6 +23,7 @@ plain traceback instead (`JAX_DISABLE_JIT=1` turns every check into case 1).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -112,8 +114,33 @@ def from_compiled(error: Exception) -> EquinoxRuntimeError | None:
     return EquinoxRuntimeError(message.split(_COMPILED_HINT, 1)[0] + _JIT_HINT)
 
 
-def _raise_in_callback(index: Any, arrays: Any, *, msgs: tuple[str, ...]) -> Any:
-    raise EquinoxRuntimeError(_message(msgs, int(index)) + _COMPILED_HINT)
+def _failure_text(msgs: tuple[str, ...], failed: Any, index: Any) -> str:
+    """The message of a failed check. Under `vmap`, `failed` and `index` have one axis per
+    level (outermost first), and every failing batch element is named with its message."""
+    failed, index = np.asarray(failed), np.asarray(index)
+    if failed.ndim == 0:
+        return _message(msgs, int(index))
+    return "\n\n".join(
+        f"Batch index {tuple(int(i) for i in where)} had error:\n{_message(msgs, int(index[where]))}"
+        for where in zip(*np.nonzero(failed))
+    )
+
+
+def _not_ours(record: logging.LogRecord) -> bool:
+    """Logging filter: drop JAX's log of a callback that raised our error. The error itself
+    reaches the caller with the same text, so the log only printed it a second time."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, EquinoxRuntimeError)
+
+
+def _quieten_callback_log() -> None:
+    logger = logging.getLogger("jax._src.callback")
+    if _not_ours not in logger.filters:
+        logger.addFilter(_not_ours)
+
+
+def _raise_in_callback(failed: Any, index: Any, arrays: Any, *, msgs: tuple[str, ...]) -> Any:
+    raise EquinoxRuntimeError(_failure_text(msgs, failed, index) + _COMPILED_HINT)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -225,15 +252,17 @@ def _raise_now_or_check(msgs: tuple[str, ...], failed: Any, index: Any, arrays: 
     # Eager code that reaches here (the rules of `grad` and `vmap` run eagerly outside `jit`)
     # raises at once rather than through a callback, for a plain traceback.
     if not (_is_tracer(failed) or _is_tracer(index)):
-        if np.asarray(failed):
-            raise EquinoxRuntimeError(_message(msgs, int(np.asarray(index))))
+        if np.any(failed):
+            raise EquinoxRuntimeError(_failure_text(msgs, failed, index))
         return arrays
     return _unbatched_check(msgs)(failed, index, arrays)
 
 
 def _unbatched_check(msgs: tuple[str, ...]) -> Any:
+    _quieten_callback_log()
+
     def check(failed: Any, index: Any, arrays: list[Any]) -> list[Any]:
-        def fail(index: Any, arrays: list[Any]) -> list[Any]:
+        def fail(failed: Any, index: Any, arrays: list[Any]) -> list[Any]:
             # A pure callback, not `jax.debug.callback`: an effect in the program takes `jit`
             # off its fast C++ dispatch path. Measured on an H200 (JAX 0.11), a jitted `x + 1`
             # took 34 us per call, 50 us with this check, 290 us with a debug callback in
@@ -242,21 +271,24 @@ def _unbatched_check(msgs: tuple[str, ...]) -> Any:
             # and whatever uses them waits for it.
             shapes = [jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)) for a in arrays]
             raise_ = functools.partial(_raise_in_callback, msgs=msgs)
-            return jax.pure_callback(raise_, shapes, index, arrays)
+            return jax.pure_callback(raise_, shapes, failed, index, arrays)
 
-        return jax.lax.cond(failed, fail, lambda index, arrays: arrays, index, arrays)
+        passed = lambda failed, index, arrays: arrays  # noqa: E731
+        return jax.lax.cond(jnp.any(failed), fail, passed, failed, index, arrays)
 
     check_vmap = jax.custom_batching.custom_vmap(check)
 
     @check_vmap.def_vmap
     def rule(axis_size: int, in_batched: Any, failed: Any, index: Any, arrays: list[Any]) -> Any:
         failed_batched, index_batched, arrays_batched = in_batched
-        if failed_batched and index_batched:
-            index = jnp.max(jnp.where(failed, index, jnp.iinfo(index.dtype).min))
-        elif index_batched:
-            index = jnp.max(index)
-        if failed_batched:
-            failed = jnp.any(failed)
+        if failed_batched or index_batched:
+            # Keep the batch as an axis of `failed` and `index` (not batched any more), so
+            # that the error names every failing element. Both have the same shape: one
+            # axis per level of vmap, this one in front.
+            shape = jnp.shape(failed) if failed_batched else (axis_size, *jnp.shape(failed))
+            failed = failed if failed_batched else jnp.broadcast_to(failed, shape)
+            index = index if index_batched else jnp.broadcast_to(index, shape)
+        # (Neither batched: every element of this level fails alike, one error says it.)
         # Under several vmaps this is itself batched again, one level at a time.
         return _raise_now_or_check(msgs, failed, index, arrays), arrays_batched
 
@@ -336,8 +368,9 @@ def error_if(x: PyTree, pred: Any, msg: str, *, on_error: OnError = "default") -
       the failing branch of a `lax.cond`), so a passing check costs the predicate and a
       branch on the device; the arrays of `x` pass through that branch, which can cost a
       copy of them, so check the value you test rather than a whole model.
-    - Under `jax.vmap` / [`larix.filter_vmap`][], it raises if `pred` is true for any
-      element of the batch, once.
+    - Under `jax.vmap` / [`larix.filter_vmap`][], it raises once if `pred` is true for any
+      element of the batch, naming each failing element: `Batch index (1,) had error:`
+      followed by the message (one index per level of `vmap`, outermost first).
 
     **Arguments:**
 
@@ -396,8 +429,8 @@ def branched_error_if(
     - `x`, `pred`, `on_error`: as in [`larix.error_if`][].
     - `index`: an integer (or integer array) choosing the message. It is either a scalar
       or an array that broadcasts with `pred`, in which case the largest index among the
-      elements where `pred` is true is used. Under `vmap`, likewise, the largest index
-      among the failing batch elements is used.
+      elements where `pred` is true is used. Under `vmap`, each failing batch element is
+      named with its own message.
     - `msgs`: a list or tuple of strings, one per value of `index`. An `index` outside
       `range(len(msgs))` still raises, with a message saying so.
 
