@@ -183,12 +183,89 @@ def test_get_num_traces_rejects_functions_that_count_nothing(fn):
     assert "assert_max_traces" in message and "filter_jit" in message  # the fixes
 
 
+# --------------------------------------------------------------------------- backward_nan
+
+
+@jax.custom_vjp
+def _nan_cotangent(x):
+    return x
+
+
+_nan_cotangent.defvjp(lambda x: (x, None), lambda _, g: (jnp.nan * g,))
+
+
+def test_backward_nan_prints_primal_and_cotangent_and_stops_on_a_nan(capfd):
+    @larix.filter_jit
+    @jax.grad
+    def grad(x, terminate):
+        return _nan_cotangent(debug.backward_nan(x, name="foo", terminate=terminate))
+
+    capfd.readouterr()
+    assert jnp.isnan(grad(jnp.array(1.0), False))
+    jax.effects_barrier()
+    printed = capfd.readouterr().out
+    assert printed == "foo:\n   primals=Array(1., dtype=float32)\ncotangents=Array(nan, dtype=float32)\n"
+    with pytest.raises(larix.EquinoxRuntimeError, match="foo: encountered a NaN in the cotangent"):
+        grad(jnp.array(1.0), True)
+
+
+def test_backward_nan_is_an_identity_that_prints_nothing_forward(capfd):
+    x = (jnp.array([1.0, 2.0]), 3, "label", jnp.array([1, 2]))
+    capfd.readouterr()
+    out = debug.backward_nan(x)
+    assert out[1:3] == (3, "label") and out[0] is not None
+    np.testing.assert_array_equal(out[0], x[0])
+    np.testing.assert_array_equal(out[3], x[3])
+    assert debug.backward_nan(x[1:3]) == x[1:3]  # nothing to watch
+    g = jax.grad(lambda v: jnp.sum(debug.backward_nan(v, terminate=True) ** 2))(jnp.array([1.0, 2.0]))
+    np.testing.assert_allclose(g, [2.0, 4.0])  # gradients pass through unchanged
+    jax.effects_barrier()
+    printed = capfd.readouterr().out
+    assert printed.startswith("   primals=Array([1., 2.], dtype=float32)")  # backward only, no name
+    assert "cotangents=Array([2., 4.], dtype=float32)" in printed
+
+
+# --------------------------------------------------------------------------- breakpoint_if
+
+
+def test_breakpoint_if_opens_the_debugger_only_when_pred_holds(monkeypatch):
+    # jax.debug.breakpoint replaced by a callback that records when it runs (at run time).
+    opened = []
+
+    def fake_breakpoint(**kwargs):
+        jax.debug.callback(lambda: opened.append(kwargs))
+
+    monkeypatch.setattr(jax.debug, "breakpoint", fake_breakpoint)
+
+    def f(x):
+        debug.breakpoint_if(x > 10, num_frames=2)
+        return x + 1
+
+    compiled = jax.jit(f)
+    assert compiled(jnp.array(1.0)) == 2.0
+    jax.effects_barrier()
+    assert opened == []
+    assert compiled(jnp.array(11.0)) == 12.0
+    jax.effects_barrier()
+    assert opened == [{"num_frames": 2}]
+    opened.clear()
+    assert jax.vmap(f)(jnp.array([1.0, 20.0])).tolist() == [2.0, 21.0]  # any element: once
+    jax.effects_barrier()
+    assert opened == [{"num_frames": 2}]
+    opened.clear()
+    jax.vmap(f)(jnp.array([1.0, 2.0]))
+    jax.effects_barrier()
+    assert opened == []
+
+
 # --------------------------------------------------------------------------- the public surface
 
 
 def test_debug_exports():
     assert set(debug.__all__) == {
         "assert_max_traces",
+        "backward_nan",
+        "breakpoint_if",
         "explain_recompiles",
         "get_num_traces",
         "recompile_reasons",

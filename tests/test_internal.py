@@ -78,6 +78,15 @@ def test_nondifferentiable_backward():
         jax.jit(jax.grad(lxi.nondifferentiable_backward))(1.0)
 
 
+def test_guards_leave_python_scalars_as_they_are_under_jvp():
+    # As Equinox: only arrays go through the guard, so a Python float stays a float.
+    assert lxi.nondifferentiable_backward(1.0) == 1.0
+    primal, tangent = jax.jvp(lxi.nondifferentiable_backward, (1.0,), (1.0,))
+    assert type(primal) is float and type(tangent) is float
+    x, t = jax.jvp(lxi.nondifferentiable_backward, ((jnp.array(1.0), 2.0),), ((jnp.array(3.0), 4.0),))
+    assert isinstance(x[0], jax.Array) and x[1] == 2.0 and float(t[0]) == 3.0
+
+
 def test_nonbatchable_and_nontraceable():
     assert float(lxi.nonbatchable(jnp.array(1.0))) == 1.0
     with pytest.raises(ValueError, match="cannot be vmap'd"):

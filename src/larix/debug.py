@@ -1,4 +1,5 @@
-"""Debugging tools: trace counting and explanations of recompilation."""
+"""Debugging tools: trace counting, explanations of recompilation, NaN cotangents and
+conditional breakpoints."""
 
 from __future__ import annotations
 
@@ -7,9 +8,20 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
+from ._pformat import tree_pformat
 from ._recompile import explain_recompiles as explain_recompiles
 
-__all__ = ["assert_max_traces", "explain_recompiles", "get_num_traces", "recompile_reasons"]
+__all__ = [
+    "assert_max_traces",
+    "backward_nan",
+    "breakpoint_if",
+    "explain_recompiles",
+    "get_num_traces",
+    "recompile_reasons",
+]
 
 
 class _TraceCounter:
@@ -133,3 +145,79 @@ def recompile_reasons(fn: Callable[..., Any]) -> list[str]:
         if current is None:
             break
     raise TypeError(f"recompile_reasons: {fn!r} is not a larix.filter_jit function.")
+
+
+def backward_nan(x: Any, name: str | None = None, terminate: bool = True) -> Any:
+    """Find NaNs that appear only on the backward pass: an identity whose reverse-mode
+    rule prints the primal value and the cotangent of `x`, and optionally stops on a NaN.
+
+    Put it on an intermediate value, `y = larix.debug.backward_nan(y, name="y")`: each
+    backward pass through it prints
+
+    ```
+    y:
+       primals=Array(...)
+    cotangents=Array(...)
+    ```
+
+    **Arguments:**
+
+    - `x`: any pytree; its floating-point arrays are watched.
+    - `name`: printed as a header line, to tell several calls apart.
+    - `terminate`: if `True`, a NaN in the cotangent raises [`larix.EquinoxRuntimeError`][]
+      through [`larix.error_if`][] (so `EQX_ON_ERROR` applies); if `False`, only print.
+
+    **Returns:** `x`, unchanged (on the forward pass nothing is printed).
+    """
+    from ._errors import error_if
+    from ._filters import is_inexact_array
+    from ._partition import combine, partition
+
+    watched, rest = partition(x, is_inexact_array)
+    leaves, treedef = jax.tree_util.tree_flatten(watched)
+    if not leaves:
+        return x
+    header = "" if name is None else f"{name}:\n"
+
+    def show(primals: Any, cotangents: Any) -> None:
+        full = functools.partial(tree_pformat, short_arrays=False)
+        print(f"{header}   primals={full(primals)}\ncotangents={full(cotangents)}")
+
+    @jax.custom_vjp
+    def identity(leaves: list[Any]) -> list[Any]:
+        return leaves
+
+    def forward(leaves: list[Any]) -> tuple[list[Any], list[Any]]:
+        return leaves, leaves
+
+    def backward(primals: list[Any], cotangents: list[Any]) -> tuple[list[Any]]:
+        jax.debug.callback(show, treedef.unflatten(primals), treedef.unflatten(cotangents), ordered=True)
+        if terminate:
+            has_nan = jnp.any(jnp.stack([jnp.isnan(c).any() for c in cotangents]))
+            what = "backward_nan" if name is None else name
+            cotangents = error_if(list(cotangents), has_nan, f"{what}: encountered a NaN in the cotangent")
+        return (list(cotangents),)
+
+    identity.defvjp(forward, backward)
+    return combine(treedef.unflatten(identity(leaves)), rest)
+
+
+def breakpoint_if(pred: Any, **kwargs: Any) -> None:
+    """Open a debugger (`jax.debug.breakpoint`) where `pred` is true, also inside `jit`.
+
+    Under `vmap` the breakpoint opens if `pred` is true for any element of the batch.
+
+    **Arguments:**
+
+    - `pred`: a boolean scalar (or array: true if any element is).
+    - `**kwargs`: passed to `jax.debug.breakpoint` (`backend`, `filter_frames`,
+      `num_frames`, `ordered`).
+    """
+    from .internal import unvmap_any
+
+    flag = unvmap_any(jnp.any(jnp.asarray(pred)))
+
+    def open_debugger() -> None:
+        jax.debug.breakpoint(**kwargs)
+
+    jax.lax.cond(flag, open_debugger, lambda: None)

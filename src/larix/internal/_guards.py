@@ -42,15 +42,23 @@ def _identity_primitive(name: str) -> jax.extend.core.Primitive:
     return prim
 
 
+def _bind_arrays(prim: jax.extend.core.Primitive, values: list[Any], **params: Any) -> list[Any]:
+    """`prim` applied to the arrays among `values`; other values (Python scalars) pass as
+    they are, so that a Python float stays a float, as it does in Equinox."""
+    positions = [i for i, value in enumerate(values) if is_array(value)]
+    if not positions:
+        return values
+    out = list(values)
+    for i, value in zip(positions, prim.bind(*[values[i] for i in positions], **params)):
+        out[i] = value
+    return out
+
+
 def _map_arrays(prim: jax.extend.core.Primitive, x: Any, **params: Any) -> Any:
     leaves, treedef = jtu.tree_flatten(x)
-    positions = [i for i, leaf in enumerate(leaves) if is_array(leaf)]
-    if not positions:
+    if not any(is_array(leaf) for leaf in leaves):
         return x
-    outs = prim.bind(*[leaves[i] for i in positions], **params)
-    for i, out in zip(positions, outs):
-        leaves[i] = out
-    return treedef.unflatten(leaves)
+    return treedef.unflatten(_bind_arrays(prim, leaves, **params))
 
 
 def _linear_jvp(prim: jax.extend.core.Primitive) -> Callable[..., Any]:
@@ -58,7 +66,7 @@ def _linear_jvp(prim: jax.extend.core.Primitive) -> Callable[..., Any]:
     # batching) still sees them.
     def jvp(primals: Any, tangents: Any, **params: Any) -> Any:
         tangents = [ad.instantiate_zeros(t) for t in tangents]
-        return prim.bind(*primals, **params), prim.bind(*tangents, **params)
+        return _bind_arrays(prim, list(primals), **params), _bind_arrays(prim, tangents, **params)
 
     return jvp
 
