@@ -116,11 +116,13 @@ def test_closure_convert_matches_the_function_and_hoists_every_array():
 
 
 def test_closure_convert_of_concrete_closures_and_structs():
-    # Closing over concrete arrays needs no conversion (as in Equinox): the function is kept.
+    # A closure is traced (as in Equinox), even over concrete arrays: they become consts.
     z = jnp.arange(2.0)
     g = larix.filter_closure_convert(lambda a: a * z, jax.ShapeDtypeStruct((2,), jnp.float32))
-    assert type(g).__name__ == "_TrivialClosureConvert"
+    assert type(g).__name__ == "_ClosureConverted"
+    assert any(c is z for c in g.consts)
     assert g.in_struct == ((jax.ShapeDtypeStruct((2,), jnp.float32),), {})
+    np.testing.assert_allclose(g(jnp.array([3.0, 4.0])), [0.0, 4.0])
 
     @jax.jit
     def run(z):
@@ -221,3 +223,22 @@ def test_closure_convert_keeps_tracers_and_works_with_custom_jvp():
 
     grads = run((2.0, 4.0))
     assert [float(g) for g in grads] == [1.0, 1.0]
+
+
+def test_converting_the_same_pytree_callable_twice_gives_the_same_structure():
+    # A pytree callable whose static part is a new object each time (here a fresh
+    # functools.partial in a jax.tree_util.Partial, as jax.linearize gives): its conversion
+    # keeps it as a jaxpr leaf, so two conversions differ only there (diffrax relies on this).
+    import functools
+
+    def make():
+        return jax.tree_util.Partial(functools.partial(lambda k, x: k * x, 3.0))
+
+    a = larix.filter_closure_convert(make(), jnp.ones(2))
+    b = larix.filter_closure_convert(make(), jnp.ones(2))
+    is_jaxpr = lambda x: isinstance(x, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr))  # noqa: E731
+    static_a = larix.filter(larix.partition(a, larix.is_array)[1], is_jaxpr, inverse=True)
+    static_b = larix.filter(larix.partition(b, larix.is_array)[1], is_jaxpr, inverse=True)
+    assert larix.tree_equal(static_a, static_b, typematch=True) is True
+    np.testing.assert_allclose(a(jnp.ones(2)), [3.0, 3.0])
+    assert a.out_struct == jax.ShapeDtypeStruct((2,), jnp.float32)

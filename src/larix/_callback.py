@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 from ._filters import is_array
 from ._module import Module, field
 from ._partition import combine, partition
+from ._shapes import filter_eval_shape
 from ._tree import tree_equal
 from ._wrappers import Box, check_callable
 
@@ -162,15 +164,14 @@ class _ClosureConverted(Module):
 
 
 class _TrivialClosureConvert(Module):
-    """`filter_closure_convert` of a function that closes over no arrays: the function itself.
+    """`filter_closure_convert` of a plain function without a closure: the function itself.
 
     Named as in Equinox, whose tests check the name.
     """
 
     fn: Callable[..., Any]
-    # Kept flat, (leaves, treedef), so that they stay hashable: see `in_struct`, `out_struct`.
+    # Kept flat, (leaves, treedef), so that it stays hashable: see `in_struct`.
     in_flat: tuple[tuple[Any, ...], Any] = field(static=True)
-    out_flat: tuple[tuple[Any, ...], Any] = field(static=True)
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -182,8 +183,9 @@ class _TrivialClosureConvert(Module):
 
     @property
     def out_struct(self) -> Any:
-        """The output, with `jax.ShapeDtypeStruct`s for the arrays."""
-        return _unflatten(self.out_flat)
+        """The output, with `jax.ShapeDtypeStruct`s for the arrays (computed when asked)."""
+        args, kwargs = self.in_struct
+        return filter_eval_shape(self.fn, *args, **kwargs)
 
 
 def _flatten(tree: Any) -> tuple[tuple[Any, ...], Any]:
@@ -211,9 +213,10 @@ def filter_closure_convert(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
       fix the shapes and dtypes the converted function accepts; their other leaves are
       constants it requires.
 
-    **Returns:** a callable Module with the arguments and outputs of `fn`. When `fn`
-    closes over no tracers, there is nothing to convert: the Module just calls `fn` (its
-    type is then `_TrivialClosureConvert`, as in Equinox).
+    **Returns:** a callable Module with the arguments and outputs of `fn`. A plain function
+    without a closure can hold no tracer, so it is kept as it is (the Module's type is then
+    `_TrivialClosureConvert`, as in Equinox); anything else is traced once, here, and the
+    Module holds the jaxpr (a leaf) and the closed-over arrays.
 
     **Raises:** `ValueError` when the converted function is called with arrays of other
     shapes or dtypes, or with different non-array arguments.
@@ -234,6 +237,13 @@ def filter_closure_convert(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
     check_callable(fn, "filter_closure_convert", "*example_args")
     dynamic, static = partition((args, kwargs), _is_array_or_struct)
     leaves, treedef = jtu.tree_flatten(dynamic)
+    structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)
+    if isinstance(fn, types.FunctionType) and fn.__closure__ is None:
+        # A plain function without a closure can hold no tracer: keep it (as Equinox does),
+        # with no tracing now and no jaxpr to evaluate on each call. Anything else (a
+        # closure, a pytree callable) is traced, so that its structure becomes a jaxpr
+        # leaf and stays the same across conversions of the same function.
+        return _TrivialClosureConvert(fn, _flatten(combine(treedef.unflatten(list(structs)), static)))
     out_box = Box()
 
     def traced(*values: Any) -> list[Any]:
@@ -245,14 +255,7 @@ def filter_closure_convert(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
 
     closed, out_shapes = jax.make_jaxpr(traced, return_shape=True)(*leaves)
     out_def, out_static = out_box.value
-    structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)
     out_structs = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in out_shapes)
-    if not any(isinstance(c, jax.core.Tracer) for c in closed.consts):
-        # No tracer closed over (concrete arrays are fine to close over, as in Equinox): keep
-        # the function, and skip evaluating a jaxpr on each call.
-        in_struct = combine(treedef.unflatten(list(structs)), static)
-        out_struct = combine(out_def.unflatten(list(out_structs)), out_static)
-        return _TrivialClosureConvert(fn, _flatten(in_struct), _flatten(out_struct))
     return _ClosureConverted(
         closed.jaxpr, list(closed.consts), structs, treedef, _flatten(static), out_def, out_structs, _flatten(out_static)
     )
