@@ -67,6 +67,37 @@ def test_pmap_errors():
         larix.filter_pmap(lambda x: x, in_axes=0)("a")
 
 
+def test_pmap_with_nothing_mapped_runs_axis_size_times():
+    # jax.pmap itself needs a mapped argument; filter_pmap honours axis_size without one.
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return x
+
+    replicated = larix.filter_pmap(f, in_axes=None, out_axes=None, axis_size=1)
+    np.testing.assert_array_equal(replicated(jnp.array([3, 4])), [3, 4])
+    assert larix.filter_pmap(f, out_axes=None, axis_size=1)(1) == 1  # no array at all
+    stacked = larix.filter_pmap(f, in_axes=None, out_axes=0, axis_size=1)(jnp.array([3, 4]))
+    np.testing.assert_array_equal(stacked, [[3, 4]])
+    with pytest.raises(ValueError, match="axis_size"):
+        larix.filter_pmap(f, in_axes=None)(jnp.array([3, 4]))
+
+
+@pytest.mark.parametrize("donate", ["all", "warn", "none"])
+def test_pmap_donate(donate):
+    n = jax.local_device_count()
+    x = jnp.arange(n * 2.0).reshape(n, 2)
+    out = larix.filter_pmap(lambda x, y: 2 * x + y, donate=donate)(x, 1.0)
+    np.testing.assert_allclose(out, 2 * jnp.arange(n * 2.0).reshape(n, 2) + 1)
+    assert x.is_deleted() == (donate != "none")
+
+
+def test_pmap_donate_errors():
+    with pytest.raises(ValueError, match=r'donate must be "all", "warn" or "none", got True'):
+        larix.filter_pmap(lambda x: x, donate=True)
+
+
 class _Unhashable:
     __hash__ = None  # type: ignore[assignment]
 

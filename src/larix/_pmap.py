@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.tree_util as jtu
+import numpy as np
 
 from ._filters import is_array
 from ._module import field
@@ -66,7 +68,7 @@ def _pmapped(config: tuple[Any, ...]) -> tuple[Any, dict[_PmapKey, Box]]:
 
 
 def _make_pmapped(config: tuple[Any, ...]) -> tuple[Any, dict[_PmapKey, Box]]:
-    mapped_axes, out_axes, axis_name, axis_size, devices = config
+    mapped_axes, out_axes, axis_name, axis_size, devices, donate = config
     outputs: dict[_PmapKey, Box] = {}
 
     def body(key: _PmapKey, mapped: list[Any], unmapped: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -86,6 +88,7 @@ def _make_pmapped(config: tuple[Any, ...]) -> tuple[Any, dict[_PmapKey, Box]]:
         static_broadcasted_argnums=(0,),
         devices=devices,
         axis_size=axis_size,
+        donate_argnums=() if donate == "none" else (1, 2),
     )
     return pmapped, outputs
 
@@ -96,6 +99,7 @@ class _PmapWrapper(TransformWrapper):
     _axis_name: Hashable | None = field(static=True)
     _axis_size: int | None = field(static=True)
     _devices: tuple[Any, ...] | None = field(static=True)
+    _donate: str = field(static=True, default="none")
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         leaves, treedef, axes, _ = resolve_inputs(
@@ -108,12 +112,16 @@ class _PmapWrapper(TransformWrapper):
         static = tuple(x for x, k in zip(all_leaves, kinds) if k == "s")
         key = _PmapKey((fun_def, treedef, kinds, static), "filter_pmap")
         mapped_axes = tuple(a for a in all_axes if a is not None)
-        pmapped, outputs = _pmapped((mapped_axes, self._out_axes, self._axis_name, self._axis_size, self._devices))
-        batched, unbatched = pmapped(
-            key,
-            [x for x, k in zip(all_leaves, kinds) if k == "m"],
-            [x for x, k in zip(all_leaves, kinds) if k == "u"],
-        )
+        mapped = [x for x, k in zip(all_leaves, kinds) if k == "m"]
+        if not mapped:
+            # jax.pmap needs a mapped argument even with axis_size: give it one, unused.
+            mapped, mapped_axes = [np.zeros((self._axis_size,), np.int8)], (0,)
+        config = (mapped_axes, self._out_axes, self._axis_name, self._axis_size, self._devices, self._donate)
+        pmapped, outputs = _pmapped(config)
+        with warnings.catch_warnings():
+            if self._donate == "all":  # as in Equinox: donate what can be, silently
+                warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+            batched, unbatched = pmapped(key, mapped, [x for x, k in zip(all_leaves, kinds) if k == "u"])
         return merge_output(outputs[key], batched, unbatched)
 
 
@@ -125,6 +133,7 @@ def filter_pmap(
     axis_name: Hashable | None = None,
     axis_size: int | None = None,
     devices: Any = None,
+    donate: Literal["all", "warn", "none"] = "none",
 ) -> Any:
     """Run `fun` in parallel over devices, mapping a batch axis: `jax.pmap` for any pytrees.
 
@@ -145,6 +154,10 @@ def filter_pmap(
     - `axis_name`: names the mapped axis for collectives such as `jax.lax.psum`.
     - `axis_size`: the number of devices to use when no argument is mapped.
     - `devices`: the devices to run on (default: all local devices of the backend).
+    - `donate`: as in Equinox: `"none"` (default) keeps the input buffers; `"all"` donates
+      the array arguments to the computation, so that outputs may reuse their memory (do
+      not use those arrays afterwards), silently skipping those that cannot be; `"warn"`
+      does the same, and JAX warns about the ones it could not use.
 
     **Returns:** the parallelised function.
 
@@ -160,9 +173,17 @@ def filter_pmap(
     """
     if fun is None:
         return functools.partial(
-            filter_pmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size, devices=devices
+            filter_pmap,
+            in_axes=in_axes,
+            out_axes=out_axes,
+            axis_name=axis_name,
+            axis_size=axis_size,
+            devices=devices,
+            donate=donate,
         )
     check_callable(fun, "filter_pmap", "in_axes=..., out_axes=...")
+    if donate not in ("all", "warn", "none"):
+        raise ValueError(f'larix.filter_pmap: donate must be "all", "warn" or "none", got {donate!r}.')
     specs = check_spec(in_axes, "in_axes", "filter_pmap"), check_spec(out_axes, "out_axes", "filter_pmap")
     devices = None if devices is None else tuple(devices)
-    return wrap(_PmapWrapper(fun, *specs, axis_name, axis_size, devices))
+    return wrap(_PmapWrapper(fun, *specs, axis_name, axis_size, devices, donate))
