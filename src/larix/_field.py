@@ -20,6 +20,7 @@ _T = TypeVar("_T")
 # attributes may be assigned. Per-instance, so construction is thread-safe.
 _INITIALISING = "__larix_initialising__"
 
+
 def field(*, converter: Callable[[Any], Any] | None = None, static: bool = False, **kwargs: Any) -> Any:
     """Declare a Module field, like `dataclasses.field` with two more options.
 
