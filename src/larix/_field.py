@@ -199,7 +199,7 @@ class _ProvidedField(_Field):
 
     def __set__(self, instance: Any, value: Any) -> None:
         set_ = getattr(type(self.provider), "__set__", None)
-        if set_ is not None and value is not UNSET:
+        if set_ is not None:
             set_(self.provider, instance, value)
         else:
             super().__set__(instance, value)

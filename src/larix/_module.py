@@ -286,12 +286,15 @@ class _ModuleMeta(abc.ABCMeta):
         return cls
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls.__larix_abstract_vars__:
-            missing = []
-            for kind, what in (("AbstractVar", "abstract attributes"), ("AbstractClassVar", "abstract class attributes")):
-                names = sorted(n for n, k in cls.__larix_abstract_vars__.items() if k == kind)
-                if names:
-                    missing.append(f"the {what} " + ", ".join(f"'{n}' ({kind})" for n in names))
+        if cls.__abstractvars__ or cls.__abstractclassvars__:
+            missing = [
+                f"the {what} " + ", ".join(f"'{n}' ({kind})" for n in sorted(names))
+                for names, kind, what in (
+                    (cls.__abstractvars__, "AbstractVar", "abstract attributes"),
+                    (cls.__abstractclassvars__, "AbstractClassVar", "abstract class attributes"),
+                )
+                if names
+            ]
             raise TypeError(
                 f"Can't instantiate abstract class {cls.__name__}: it does not provide "
                 f"{' nor '.join(missing)}. Define them in a subclass: an AbstractVar as a field "
@@ -325,7 +328,8 @@ class _ModuleMeta(abc.ABCMeta):
 def _set_abstract_vars(cls: Any, new: dict[str, str], annotations: dict[str, Any]) -> None:
     declared: dict[str, str] = {}
     for base in reversed(cls.__mro__[1:]):
-        declared.update(getattr(base, "__larix_abstract_vars__", {}))
+        declared.update(dict.fromkeys(getattr(base, "__abstractvars__", ()), "AbstractVar"))
+        declared.update(dict.fromkeys(getattr(base, "__abstractclassvars__", ()), "AbstractClassVar"))
     remaining: dict[str, str] = {}
     for name, kind in declared.items():
         if name in new:
@@ -336,9 +340,7 @@ def _set_abstract_vars(cls: Any, new: dict[str, str], annotations: dict[str, Any
             remaining[name] = kind
     for name, kind in new.items():
         # Re-declaring an AbstractClassVar as an AbstractVar keeps the stronger requirement.
-        remaining[name] = declared.get(name) if declared.get(name) == "AbstractClassVar" else kind
-    cls.__larix_abstract_vars__ = remaining
-    # Equinox's names for the same information.
+        remaining[name] = "AbstractClassVar" if declared.get(name) == "AbstractClassVar" else kind
     cls.__abstractvars__ = frozenset(n for n, k in remaining.items() if k == "AbstractVar")
     cls.__abstractclassvars__ = frozenset(n for n, k in remaining.items() if k == "AbstractClassVar")
 
@@ -437,7 +439,6 @@ class Module(metaclass=_ModuleMeta):
         ```
     """
 
-    __larix_abstract_vars__: typing.ClassVar[dict[str, str]] = {}
     __abstractvars__: typing.ClassVar[frozenset[str]] = frozenset()
     __abstractclassvars__: typing.ClassVar[frozenset[str]] = frozenset()
     _larix_flat: typing.ClassVar[Any] = _FlatCache()

@@ -118,10 +118,13 @@ class _PmapWrapper(TransformWrapper):
             mapped, mapped_axes = [np.zeros((self._axis_size,), np.int8)], (0,)
         config = (mapped_axes, self._out_axes, self._axis_name, self._axis_size, self._devices, self._donate)
         pmapped, outputs = _pmapped(config)
-        with warnings.catch_warnings():
-            if self._donate == "all":  # as in Equinox: donate what can be, silently
+        unmapped = [x for x, k in zip(all_leaves, kinds) if k == "u"]
+        if self._donate != "all":
+            batched, unbatched = pmapped(key, mapped, unmapped)
+        else:
+            with warnings.catch_warnings():  # as in Equinox: donate what can be, silently
                 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-            batched, unbatched = pmapped(key, mapped, [x for x, k in zip(all_leaves, kinds) if k == "u"])
+                batched, unbatched = pmapped(key, mapped, unmapped)
         return merge_output(outputs[key], batched, unbatched)
 
 
